@@ -1,0 +1,102 @@
+"""The canonical volume: the one in-memory and on-disk form that crosses from ingest to the models.
+
+Convention (the NIfTI one, so NiiVue, nibabel and MONAI read it as is):
+- ``array`` is indexed ``[i, j, k]`` = ``[column, row, slice]`` of the source DICOM grid, slices
+  in ascending order along the slice normal. Voxels are never resampled at ingest, so a mask drawn
+  on this array maps one-to-one onto the source instances (what DICOM SEG export needs).
+- ``affine`` maps ``(i, j, k, 1)`` to RAS millimetres. Its third column is the step between slice
+  positions, which is not perpendicular to the slice plane for a gantry-tilted CT: the affine is
+  then sheared, and still exact.
+- On disk: gzipped NIfTI (sform = affine), named by the SHA-256 of its bytes, so writing the same
+  volume twice gives the same file and a half-written file never carries a final name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+# DICOM patient coordinates are LPS; NIfTI world coordinates are RAS.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D image on its source grid.
+
+    array: ``(I, J, K)`` = (columns, rows, slices), integer or float32.
+    affine: ``(4, 4)`` float64, voxel index -> RAS mm.
+    sop_instance_uids: the source instance of each slice ``k`` (length ``K``).
+    frame_numbers: 1-based frame of that instance for multi-frame sources, else ``None`` per slice.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    sop_instance_uids: tuple[str, ...] = ()
+    frame_numbers: tuple[int | None, ...] = ()
+    frame_of_reference_uid: str | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Length of each voxel axis in mm (the slice axis is the step between slice positions)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+
+def volume_to_nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """Gzipped NIfTI-1 bytes with sform = qform code 'scanner'; reproducible (gzip mtime 0)."""
+    image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm")
+    # qform cannot hold a shear; the sform is exact and is what readers use first.
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    raw = image.to_bytes()
+    return gzip.compress(raw, compresslevel=1, mtime=0)
+
+
+def save_volume(array: np.ndarray, affine: np.ndarray, directory: Path) -> tuple[Path, str]:
+    """Write ``array``/``affine`` into ``directory`` as ``<sha256>.nii.gz``; return (path, sha256).
+
+    Idempotent: an existing file of the same content is kept. The write goes to a temporary file
+    in the same folder and is renamed into place, so a crash leaves no partial final file.
+    """
+    data = volume_to_nifti_bytes(array, affine)
+    digest = hashlib.sha256(data).hexdigest()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{digest}.nii.gz"
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path, digest
+
+
+def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file written by :func:`save_volume` (or any NIfTI); return (array, affine)."""
+    image = nib.load(str(path))
+    return np.asarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
+
+
+def nifti_bytes_to_volume(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Decode gzipped or plain NIfTI bytes; return (array, affine)."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    image = nib.Nifti1Image.from_stream(io.BytesIO(data))
+    return np.asarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)

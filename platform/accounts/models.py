@@ -1,0 +1,5 @@
+from django.contrib.auth.models import AbstractUser
+
+
+class User(AbstractUser):
+    """The platform's user. Roles are the groups annotator, reviewer and admin (accounts.roles)."""

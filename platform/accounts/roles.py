@@ -1,0 +1,31 @@
+"""The three roles and what each may do, as Django permissions granted to a group of that name.
+
+Views check permissions, never group names, so an admin can craft other groups in Django admin.
+"""
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ANNOTATOR = "annotator"
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+
+
+_READ_STUDIES = ["studies.view_study", "studies.view_series", "studies.view_volume"]
+
+ROLE_PERMISSIONS: dict[Role, list[str]] = {
+    Role.ANNOTATOR: _READ_STUDIES,
+    Role.REVIEWER: _READ_STUDIES,
+    Role.ADMIN: _READ_STUDIES
+    + [
+        "pacs.view_pacssource",
+        "pacs.add_pacssource",
+        "pacs.change_pacssource",
+        "pacs.delete_pacssource",
+        "pacs.sync_pacssource",
+        "accounts.view_user",
+        "accounts.add_user",
+        "accounts.change_user",
+    ],
+}

@@ -1,0 +1,26 @@
+"""Celery: Redis broker, four queues, late acks so a killed worker's task is delivered again."""
+
+import os
+
+from kombu import Queue
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+CELERY_TASK_QUEUES = [Queue(name) for name in ("interactive", "gpu", "train", "cpu")]
+CELERY_TASK_DEFAULT_QUEUE = "cpu"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 3600
+# A task may run longer than Redis' default visibility timeout (1 h) would allow before redelivery.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "pacs-poll": {
+        "task": "pacs.tasks.pacs_sources_poll",
+        "schedule": float(os.environ.get("PACS_POLL_SECONDS", "60")),
+        "options": {"queue": "cpu", "expires": 55},
+    },
+}

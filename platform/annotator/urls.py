@@ -1,0 +1,18 @@
+from common.health import healthz
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+from django.views.generic import RedirectView
+from pacs import views as pacs_views
+from studies import views as studies_views
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="worklist"), name="home"),
+    path("healthz", healthz, name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("worklist/", studies_views.worklist, name="worklist"),
+    path("pacs/sources/", pacs_views.source_list, name="pacs-sources"),
+    path("pacs/sources/<int:source_id>/sync", pacs_views.source_sync, name="pacs-source-sync"),
+    path("admin/", admin.site.urls),
+]

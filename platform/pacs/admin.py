@@ -1,0 +1,25 @@
+from django import forms
+from django.contrib import admin
+
+from pacs.models import PacsSource
+
+
+class PacsSourceForm(forms.ModelForm):
+    password = forms.CharField(widget=forms.PasswordInput(render_value=True), required=False)
+
+    class Meta:
+        model = PacsSource
+        fields = ["name", "base_url", "username", "password", "enabled", "poll_interval_s"]
+
+
+@admin.register(PacsSource)
+class PacsSourceAdmin(admin.ModelAdmin):
+    form = PacsSourceForm
+    list_display = ["name", "base_url", "enabled", "sync_status", "last_sync_finished_at"]
+    readonly_fields = [
+        "sync_status",
+        "last_sync_started_at",
+        "last_sync_finished_at",
+        "last_error",
+        "last_error_at",
+    ]

@@ -1,0 +1,36 @@
+import json
+
+from common.exceptions import ApplicationError
+from django.core.management.base import BaseCommand, CommandError
+from studies.selectors import series_status_counts
+from tqdm import tqdm
+
+from pacs.models import PacsSource
+from pacs.services.ingest import series_ingest
+from pacs.services.sync import pacs_source_sync
+
+
+class Command(BaseCommand):
+    help = "Sync PACS sources now, in this process: discover new studies and build their volumes."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--source", help="Name of one source (default: every enabled source).")
+
+    def handle(self, *args, source=None, **options):
+        sources = (
+            PacsSource.objects.filter(name=source) if source else PacsSource.objects.filter(enabled=True)
+        )
+        if source and not sources.exists():
+            raise CommandError(f"No PACS source named '{source}'.")
+        for src in sources:
+            try:
+                result = pacs_source_sync(source_id=src.id)
+                for series_id in tqdm(result.series_to_ingest, desc=f"Ingest from {src.name}", unit="series"):
+                    series_ingest(series_id=series_id)
+            except ApplicationError as exc:
+                raise CommandError(exc.message) from exc
+            self.stdout.write(
+                f"{src.name}: {result.studies_seen} studies in the PACS, {result.studies_examined} new or "
+                f"changed, {len(result.series_to_ingest)} series ingested."
+            )
+        self.stdout.write("Series by status: " + json.dumps(series_status_counts()))

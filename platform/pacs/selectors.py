@@ -1,0 +1,19 @@
+from datetime import datetime, timedelta
+
+from pacs.models import PacsSource
+
+
+def pacs_sources_due(*, now: datetime) -> list[int]:
+    """Enabled sources whose poll interval has passed since their last sync started."""
+    due = []
+    for source in PacsSource.objects.filter(enabled=True).only(
+        "id", "poll_interval_s", "last_sync_started_at"
+    ):
+        last = source.last_sync_started_at
+        if last is None or now - last >= timedelta(seconds=source.poll_interval_s):
+            due.append(source.id)
+    return due
+
+
+def pacs_source_list():
+    return PacsSource.objects.order_by("name")

@@ -1,0 +1,144 @@
+"""Writes on studies, series and volumes. The PACS sync and ingest call these; nothing else writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+from pacs.models import PacsSource
+
+from studies.models import Series, Study, Volume
+
+# An ingest that has not moved for this long is taken to have died with its worker.
+STALE_INGEST = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """What the ingest learned about one built volume (the file is already in the media store)."""
+
+    path: str
+    sha256: str
+    shape: list[int]
+    spacing: list[float]
+    affine: list[list[float]]
+    dtype: str
+    nbytes: int
+    sop_instance_uids: list[str]
+    frame_numbers: list[int | None]
+    frame_of_reference_uid: str
+    warnings: list[str]
+
+
+def study_upsert(
+    *,
+    source: PacsSource,
+    study_instance_uid: str,
+    patient_id: str,
+    study_date: dt.date | None,
+    description: str,
+    modalities: str,
+    num_series: int,
+) -> Study:
+    """Create or refresh a study's header fields. ``num_instances`` moves only via study_mark_examined."""
+    study, _ = Study.objects.update_or_create(
+        source=source,
+        study_instance_uid=study_instance_uid,
+        defaults={
+            "patient_id": patient_id[:64],
+            "study_date": study_date,
+            "description": description[:256],
+            "modalities": modalities[:64],
+            "num_series": num_series,
+        },
+    )
+    return study
+
+
+def study_mark_examined(*, study: Study, num_instances: int) -> None:
+    """Record the instance count the PACS reported once all of the study's series are known."""
+    Study.objects.filter(pk=study.pk).update(num_instances=num_instances, updated_at=timezone.now())
+
+
+def series_upsert(
+    *,
+    study: Study,
+    series_instance_uid: str,
+    modality: str,
+    description: str,
+    series_number: int | None,
+    num_instances: int,
+    skip_reason: str = "",
+) -> Series:
+    """Create or refresh a series; one whose instance count changed since its ingest is queued again.
+
+    ``skip_reason`` marks series that are not images (SEG, SR, ...): they are listed, never built.
+    """
+    series, created = Series.objects.select_for_update().get_or_create(
+        study=study,
+        series_instance_uid=series_instance_uid,
+        defaults={
+            "modality": modality[:16],
+            "description": description[:256],
+            "series_number": series_number,
+            "num_instances": num_instances,
+        },
+    )
+    changed = not created and series.num_instances != num_instances
+    series.modality, series.description = modality[:16], description[:256]
+    series.series_number, series.num_instances = series_number, num_instances
+    if skip_reason:
+        series.status, series.error_kind, series.error_message = (
+            Series.Status.SKIPPED,
+            "not_image",
+            skip_reason,
+        )
+    elif created or changed or series.status == Series.Status.SKIPPED:
+        series.status, series.error_kind, series.error_message = Series.Status.PENDING, "", ""
+    series.save()
+    return series
+
+
+def series_ingest_start(*, series_id: int) -> Series | None:
+    """Claim a series for ingest; None when there is nothing to do (already built for this count)."""
+    with transaction.atomic():
+        series = Series.objects.select_for_update().select_related("study__source").get(pk=series_id)
+        if series.status == Series.Status.SKIPPED:
+            return None
+        if series.status == Series.Status.READY and series.ingested_num_instances == series.num_instances:
+            return None
+        series.status = Series.Status.INGESTING
+        series.attempts += 1
+        series.save(update_fields=["status", "attempts", "updated_at"])
+        return series
+
+
+def series_mark_error(*, series_id: int, kind: str, message: str, skipped: bool = False) -> None:
+    """Record why a series cannot be built; its existing volumes (if any) stay as they were."""
+    Series.objects.filter(pk=series_id).update(
+        status=Series.Status.SKIPPED if skipped else Series.Status.ERROR,
+        error_kind=kind[:32],
+        error_message=message,
+        updated_at=timezone.now(),
+    )
+
+
+@transaction.atomic
+def series_volumes_replace(*, series_id: int, volumes: list[VolumeRecord], num_instances: int) -> Series:
+    """Make ``volumes`` the series' volumes (by index; rows of unchanged content are kept) and mark it ready.
+
+    Runs under a row lock, so two workers finishing the same series leave one set of rows.
+    """
+    series = Series.objects.select_for_update().get(pk=series_id)
+    for index, record in enumerate(volumes):
+        Volume.objects.update_or_create(series=series, index=index, defaults=record.__dict__)
+    Volume.objects.filter(series=series, index__gte=len(volumes)).delete()
+    series.status = Series.Status.READY
+    series.error_kind = series.error_message = ""
+    series.ingested_num_instances = num_instances
+    series.ingested_at = timezone.now()
+    series.save()
+    return series

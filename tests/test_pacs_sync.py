@@ -1,0 +1,195 @@
+"""Sync from a real Orthanc into PostgreSQL and the media store: what lands, that it is exact, and
+that re-runs, kills and outages converge without duplicates."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pydicom
+import pytest
+from common.media import media_path
+from pacs.dicomweb import PacsUnavailable
+from pacs.models import PacsSource
+from pacs.services.ingest import series_ingest
+from pacs.services.sync import pacs_source_sync
+from studies.models import Series, Study, Volume
+from studies.selectors import series_ids_to_ingest
+from studies.services import STALE_INGEST
+
+from ml_worker.io.volume import LPS_TO_RAS, load_volume
+from tests.conftest import HIPPOCAMPUS_CASES, read_series_files
+
+pytestmark = pytest.mark.django_db
+
+PGBM_T1POST = "1.3.6.1.4.1.14519.5.2.1.4429.7055.250698293053013179878447218670"
+HIPPO_CROP = "1.2.826.0.1.3680043.8.498.26269410813686558956046182253949569533"
+
+
+def sync_all(source: PacsSource):
+    result = pacs_source_sync(source_id=source.id)
+    for series_id in result.series_to_ingest:
+        series_ingest(series_id=series_id)
+    return result
+
+
+def ras_positions(datasets) -> np.ndarray:
+    """Slice origins in RAS, sorted along the slice normal (the volume's k order)."""
+    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    pos = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    pos = pos[np.argsort(pos @ normal)]
+    return (LPS_TO_RAS[:3, :3] @ pos.T).T
+
+
+def test_sync_builds_every_image_series_and_lists_the_rest(pacs_source, shared_data):
+    result = sync_all(pacs_source)
+
+    # PGBM-003, 3 dcmqi CT studies, 2 dicom-edge CT studies, hippocampus cases.
+    assert Study.objects.filter(source=pacs_source).count() == 1 + 3 + 2 + HIPPOCAMPUS_CASES
+    assert result.studies_seen == result.studies_examined == Study.objects.count()
+    statuses = dict(Series.objects.values_list("series_instance_uid", "status"))
+    assert statuses[PGBM_T1POST] == Series.Status.READY
+    assert statuses[HIPPO_CROP] == Series.Status.READY
+    seg = Series.objects.filter(modality="SEG")
+    assert seg.count() == 5 and {s.status for s in seg} == {Series.Status.SKIPPED}
+    assert all("SEG" in s.error_message for s in seg)
+    assert not Series.objects.filter(status=Series.Status.ERROR).exists()
+    hippo = Series.objects.filter(study__patient_id__startswith="HIPPO-", status=Series.Status.READY)
+    assert hippo.count() == HIPPOCAMPUS_CASES
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        "dicom/PGBM-003/11-T1post-18670",  # oblique MR, 6.5 mm gaps
+        "dicom/PGBM-003/11_HCropVolume",  # axis-aligned 1 mm
+        "dicom-edge/philips-tilt",  # gantry tilt: sheared grid
+        "dicom-seg/ct-3slice/image",  # positions 1.0 mm apart, thickness 1.25
+    ],
+)
+def test_volume_matches_source_geometry_and_voxels(pacs_source, shared_data, folder):
+    sync_all(pacs_source)
+    datasets = read_series_files(shared_data / folder)
+    series = Series.objects.get(series_instance_uid=datasets[0].SeriesInstanceUID)
+    assert series.status == Series.Status.READY, series.error_message
+    (volume,) = series.volumes.all()
+    array, affine = load_volume(media_path(volume.path))
+
+    rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
+    assert array.shape == (cols, rows, len(datasets)) == tuple(volume.shape)
+    positions = ras_positions(datasets)
+    for k, expected in enumerate(positions):
+        np.testing.assert_allclose(affine @ [0, 0, k, 1], [*expected, 1], atol=1e-3)
+    row_spacing, col_spacing = (float(v) for v in datasets[0].PixelSpacing)
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :2], axis=0), [col_spacing, row_spacing], atol=1e-5)
+    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+    np.testing.assert_allclose(affine[:3, 0] / col_spacing, LPS_TO_RAS[:3, :3] @ iop[:3], atol=1e-5)
+    # voxels: each slice equals its source instance after the modality LUT
+    by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
+    for k, uid in enumerate(volume.sop_instance_uids):
+        expected = pydicom.pixels.apply_modality_lut(by_uid[uid].pixel_array, by_uid[uid])
+        np.testing.assert_array_equal(array[:, :, k].T, expected)
+
+
+def test_variable_spacing_ct_splits_into_exact_volumes(pacs_source, shared_data):
+    sync_all(pacs_source)
+    datasets = read_series_files(shared_data / "dicom-edge/ge-tilt-variable-spacing")
+    series = Series.objects.get(series_instance_uid=datasets[0].SeriesInstanceUID)
+    assert series.status == Series.Status.READY, series.error_message
+    volumes = list(series.volumes.all())
+    assert len(volumes) >= 2
+    assert sum(v.shape[2] for v in volumes) == len(datasets)
+    by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
+    for volume in volumes:
+        assert volume.warnings, "a split series must say so"
+        _, affine = load_volume(media_path(volume.path))
+        for k, uid in enumerate(volume.sop_instance_uids):
+            lps = [float(v) for v in by_uid[uid].ImagePositionPatient]
+            np.testing.assert_allclose((affine @ [0, 0, k, 1])[:3], LPS_TO_RAS[:3, :3] @ lps, atol=1e-3)
+
+
+def test_resync_of_unchanged_pacs_examines_nothing_and_duplicates_nothing(pacs_source):
+    sync_all(pacs_source)
+    before = (Study.objects.count(), Series.objects.count(), Volume.objects.count())
+    paths = set(Volume.objects.values_list("path", flat=True))
+
+    again = sync_all(pacs_source)
+
+    assert again.studies_examined == 0 and again.series_to_ingest == []
+    assert (Study.objects.count(), Series.objects.count(), Volume.objects.count()) == before
+    assert set(Volume.objects.values_list("path", flat=True)) == paths
+    pacs_source.refresh_from_db()
+    assert pacs_source.sync_status == PacsSource.SyncStatus.OK
+
+
+def test_sync_cut_off_mid_way_converges_on_rerun(pacs_source):
+    """A sync killed after discovery, with one series left mid-ingest by its dead worker."""
+    result = pacs_source_sync(source_id=pacs_source.id)
+    first, second, *rest = result.series_to_ingest
+    series_ingest(series_id=first)
+    Series.objects.filter(pk=second).update(status=Series.Status.INGESTING, attempts=1)
+
+    rerun = pacs_source_sync(source_id=pacs_source.id)
+    assert rerun.studies_examined == 0
+    assert second not in rerun.series_to_ingest, "a live ingest is not taken over before it is stale"
+    assert set(rerun.series_to_ingest) == set(rest)
+
+    # The worker never comes back: once the lease is stale the series is queued again (clock faked).
+    Series.objects.filter(pk=second).update(updated_at=dt.datetime.now(dt.UTC) - 2 * STALE_INGEST)
+    for series_id in series_ids_to_ingest(source_id=pacs_source.id):
+        series_ingest(series_id=series_id)
+    assert not Series.objects.exclude(status__in=[Series.Status.READY, Series.Status.SKIPPED]).exists()
+    assert Volume.objects.filter(series_id=second).count() == 1
+    n_volumes = Volume.objects.count()
+    series_ingest(series_id=first)  # the same task delivered twice
+    assert Volume.objects.count() == n_volumes
+
+
+def test_pacs_down_gives_clear_error_keeps_data_and_recovers(db, scratch_orthanc, orthanc, shared_data):
+    from pacs.services.store import pacs_store_datasets
+
+    source = scratch_orthanc.source("Scratch PACS")
+    source.save()
+    pacs_store_datasets(
+        source=source, datasets=read_series_files(shared_data / "dicom/PGBM-003/11_HCropVolume")
+    )
+    sync_all(source)
+    assert Volume.objects.count() == 1
+
+    scratch_orthanc.stop()
+    with pytest.raises(PacsUnavailable, match="Cannot reach PACS 'Scratch PACS'"):
+        pacs_source_sync(source_id=source.id)
+    source.refresh_from_db()
+    assert source.sync_status == PacsSource.SyncStatus.ERROR
+    assert "Cannot reach" in source.last_error and source.sync_lease_until is None
+    assert Volume.objects.count() == 1  # nothing lost
+
+    scratch_orthanc.start()
+    assert sync_all(source).studies_examined == 0
+    source.refresh_from_db()
+    assert source.sync_status == PacsSource.SyncStatus.OK
+
+
+def test_pacs_stopped_between_discovery_and_retrieve(db, scratch_orthanc, shared_data):
+    from pacs.services.store import pacs_store_datasets
+
+    source = scratch_orthanc.source("Scratch PACS")
+    source.save()
+    pacs_store_datasets(
+        source=source, datasets=read_series_files(shared_data / "dicom/PGBM-003/11_HCropVolume")
+    )
+    (series_id,) = pacs_source_sync(source_id=source.id).series_to_ingest
+
+    scratch_orthanc.stop()
+    with pytest.raises(PacsUnavailable):
+        series_ingest(series_id=series_id)
+    series = Series.objects.get(pk=series_id)
+    assert series.status == Series.Status.ERROR and series.error_kind == "pacs_unavailable"
+    assert Volume.objects.count() == 0
+
+    scratch_orthanc.start()
+    assert pacs_source_sync(source_id=source.id).series_to_ingest == [series_id]  # retried
+    series_ingest(series_id=series_id)
+    assert Series.objects.get(pk=series_id).status == Series.Status.READY
+    assert Volume.objects.count() == 1
