@@ -6,8 +6,9 @@ class AccountsConfig(AppConfig):
     name = "accounts"
 
     def ready(self) -> None:
-        # Permissions exist only after migrate has run; the roles need them.
-        post_migrate.connect(_roles_ensure, sender=self)
+        # Each app's permissions appear in its own post_migrate; the roles span apps, so they are
+        # set after every app's (idempotent, a few queries).
+        post_migrate.connect(_roles_ensure, dispatch_uid="accounts.roles_ensure")
 
 
 def _roles_ensure(**kwargs) -> None:

@@ -1,4 +1,4 @@
-"""Thin Celery tasks around the PACS services (queue cpu)."""
+"""Thin Celery tasks around the PACS services (routed to queue cpu by CELERY_TASK_ROUTES)."""
 
 import logging
 
@@ -9,7 +9,7 @@ from django.utils import timezone
 log = logging.getLogger(__name__)
 
 
-@shared_task(acks_late=True, queue="cpu")
+@shared_task(acks_late=True)
 def pacs_sources_poll() -> None:
     """Beat: start a sync of every enabled source whose interval has passed."""
     from pacs.selectors import pacs_sources_due
@@ -20,7 +20,6 @@ def pacs_sources_poll() -> None:
 
 @shared_task(
     acks_late=True,
-    queue="cpu",
     autoretry_for=(TransientError,),
     retry_backoff=30,
     retry_backoff_max=900,
@@ -42,7 +41,6 @@ def pacs_source_sync(source_id: int) -> dict:
 
 @shared_task(
     acks_late=True,
-    queue="cpu",
     autoretry_for=(TransientError,),
     retry_backoff=30,
     retry_backoff_max=900,

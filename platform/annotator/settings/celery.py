@@ -8,6 +8,8 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
 CELERY_TASK_QUEUES = [Queue(name) for name in ("interactive", "gpu", "train", "cpu")]
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
+# PACS I/O and ingest are CPU work; model tasks will route to interactive/gpu/train.
+CELERY_TASK_ROUTES = {"pacs.tasks.*": {"queue": "cpu"}}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

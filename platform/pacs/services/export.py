@@ -83,7 +83,8 @@ def _source_images(volume: Volume) -> list[Dataset]:
     )
     by_uid = {}
     for item in items:
-        ds = Dataset.from_json(item)
+        # Bulk values (pixels, private blobs) stay in the PACS: a SEG needs only the headers.
+        ds = Dataset.from_json(item, bulk_data_uri_handler=lambda tag, vr, uri: None)
         by_uid[str(ds.SOPInstanceUID)] = ds
     missing = [uid for uid in volume.sop_instance_uids if uid not in by_uid]
     if missing:
