@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+
 from pacs.demo import dicom_file_bundles, hippocampus_bundles
 from pacs.models import PacsSource
 from pacs.orthanc import orthanc_start, orthanc_wait_ready, orthanc_write_config

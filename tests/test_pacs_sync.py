@@ -8,7 +8,9 @@ import datetime as dt
 import numpy as np
 import pydicom
 import pytest
+
 from common.media import media_path
+from ml_worker.io.volume import LPS_TO_RAS, load_volume
 from pacs.dicomweb import PacsUnavailable
 from pacs.models import PacsSource
 from pacs.services.ingest import series_ingest
@@ -16,8 +18,6 @@ from pacs.services.sync import pacs_source_sync
 from studies.models import Series, Study, Volume
 from studies.selectors import series_ids_to_ingest
 from studies.services import STALE_INGEST
-
-from ml_worker.io.volume import LPS_TO_RAS, load_volume
 from tests.conftest import HIPPOCAMPUS_CASES, read_series_files
 
 pytestmark = pytest.mark.django_db

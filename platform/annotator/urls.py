@@ -1,8 +1,9 @@
-from common.health import healthz
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
+
+from common.health import healthz
 from pacs import views as pacs_views
 from studies import views as studies_views
 

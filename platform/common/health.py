@@ -7,6 +7,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+
 from pacs.models import PacsSource
 
 

@@ -7,10 +7,10 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import requests
-from common.exceptions import ApplicationError, TransientError
 from dicomweb_client.api import DICOMwebClient
 from django.conf import settings
 
+from common.exceptions import ApplicationError, TransientError
 from pacs.models import PacsSource
 
 T = TypeVar("T")

@@ -3,8 +3,9 @@
 import logging
 
 from celery import shared_task
-from common.exceptions import TransientError
 from django.utils import timezone
+
+from common.exceptions import TransientError
 
 log = logging.getLogger(__name__)
 

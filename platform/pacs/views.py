@@ -1,9 +1,9 @@
-from common.views import permission_required
 from django.contrib import messages
 from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from common.views import permission_required
 from pacs.models import PacsSource
 from pacs.selectors import pacs_source_list
 

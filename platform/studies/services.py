@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
-from pacs.models import PacsSource
 
+from pacs.models import PacsSource
 from studies.models import Series, Study, Volume
 
 # An ingest that has not moved for this long is taken to have died with its worker.

@@ -1,8 +1,8 @@
-from common.views import permission_required
 from django.core.paginator import Paginator
 from django.shortcuts import render
-from pacs.selectors import pacs_source_list
 
+from common.views import permission_required
+from pacs.selectors import pacs_source_list
 from studies.models import Series
 from studies.selectors import series_status_counts, study_list
 

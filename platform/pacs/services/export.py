@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from common.exceptions import ApplicationError
 from pydicom import Dataset
 from pydicom.uid import generate_uid
-from studies.models import Volume
 
+from common.exceptions import ApplicationError
 from ml_worker.io.seg import SegmentSpec, mask_to_seg
 from pacs import dicomweb as dw
 from pacs.services.store import pacs_store_datasets
+from studies.models import Volume
 
 
 @dataclass(frozen=True)

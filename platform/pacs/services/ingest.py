@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from common.media import media_relative, volumes_dir
-from studies.models import Series
-from studies.services import VolumeRecord, series_ingest_start, series_mark_error, series_volumes_replace
 
+from common.media import media_relative, volumes_dir
 from ml_worker.io.dicom_series import SeriesError, SeriesErrorKind, volumes_from_datasets
 from ml_worker.io.volume import Volume, save_volume
 from pacs import dicomweb as dw
 from pacs.dicomweb import PacsRequestError, PacsUnavailable
+from studies.models import Series
+from studies.services import VolumeRecord, series_ingest_start, series_mark_error, series_volumes_replace
 
 log = logging.getLogger(__name__)
 

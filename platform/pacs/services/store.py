@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from common.exceptions import ApplicationError
 from pydicom import Dataset
 from pydicom.dataset import validate_file_meta
 
+from common.exceptions import ApplicationError
 from pacs import dicomweb as dw
 from pacs.models import PacsSource
 

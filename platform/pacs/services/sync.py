@@ -13,16 +13,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from common.exceptions import ApplicationError
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
-from studies.selectors import series_ids_to_ingest, study_instance_counts
-from studies.services import series_upsert, study_mark_examined, study_upsert
 
+from common.exceptions import ApplicationError
 from pacs import dicomweb as dw
 from pacs.models import PacsSource
+from studies.selectors import series_ids_to_ingest, study_instance_counts
+from studies.services import series_upsert, study_mark_examined, study_upsert
 
 log = logging.getLogger(__name__)
 

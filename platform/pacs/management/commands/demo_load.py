@@ -1,11 +1,11 @@
 import os
 from pathlib import Path
 
-from common.exceptions import ApplicationError
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from common.exceptions import ApplicationError
 from pacs.orthanc import orthanc_wait_ready
 from pacs.services.demo import pacs_demo_load
 from pacs.services.sources import pacs_source_ensure_local

@@ -1,13 +1,13 @@
 import json
 
-from common.exceptions import ApplicationError
 from django.core.management.base import BaseCommand, CommandError
-from studies.selectors import series_status_counts
 from tqdm import tqdm
 
+from common.exceptions import ApplicationError
 from pacs.models import PacsSource
 from pacs.services.ingest import series_ingest
 from pacs.services.sync import pacs_source_sync
+from studies.selectors import series_status_counts
 
 
 class Command(BaseCommand):
