@@ -5,19 +5,15 @@ that deploy/test.sh makes sure are running."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from pacs.demo import dicom_file_bundles, hippocampus_bundles
 from pacs.models import PacsSource
-from pacs.orthanc import orthanc_start, orthanc_wait_ready, orthanc_write_config
-from pacs.services.store import pacs_store_datasets
+from pacs.orthanc import OrthancServer
+from pacs.services.demo import pacs_demo_load
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ANNOTATOR_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -25,53 +21,14 @@ SHARED_DATA = Path(os.environ.get("ANNOTATOR_SHARED_DATA", REPO.parent / "shared
 HIPPOCAMPUS_CASES = 6
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Orthanc:
-    port: int
-    storage: Path
-    username: str = "test"
-    password: str = "test-password"
-    process: subprocess.Popen | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/dicom-web"
-
-    @property
-    def auth(self) -> tuple[str, str]:
-        return (self.username, self.password)
-
-    def start(self) -> None:
-        config = orthanc_write_config(
-            storage_dir=self.storage,
-            http_port=self.port,
-            username=self.username,
-            password=self.password,
-            name="test-pacs",
-        )
-        self.process = orthanc_start(config, self.storage / "orthanc.log")
-        orthanc_wait_ready(http_port=self.port, auth=self.auth, process=self.process)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-
+class Orthanc(OrthancServer):
     def source(self, name: str = "Test PACS") -> PacsSource:
         """An unsaved source for this Orthanc (enough for the DICOMweb client)."""
         return PacsSource(name=name, base_url=self.base_url, username=self.username, password=self.password)
 
 
 def start_orthanc(storage: Path) -> Orthanc:
-    orthanc = Orthanc(port=free_port(), storage=storage)
-    orthanc.start()
-    return orthanc
+    return Orthanc(storage=storage).start()
 
 
 @pytest.fixture(scope="session")
@@ -83,13 +40,7 @@ def shared_data() -> Path:
 def orthanc(tmp_path_factory) -> Iterator[Orthanc]:
     """A real Orthanc holding every shared DICOM file and a few hippocampus cases as MR studies."""
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    source = server.source()
-    bundles = [
-        *dicom_file_bundles([SHARED_DATA / "dicom", SHARED_DATA / "dicom-seg", SHARED_DATA / "dicom-edge"]),
-        *hippocampus_bundles(SHARED_DATA / "hippocampus", limit=HIPPOCAMPUS_CASES),
-    ]
-    for bundle in bundles:
-        pacs_store_datasets(source=source, datasets=bundle.load())
+    pacs_demo_load(source=server.source(), shared_data=SHARED_DATA, hippocampus_limit=HIPPOCAMPUS_CASES)
     yield server
     server.stop()
 

@@ -7,15 +7,15 @@ Convention (the NIfTI one, so NiiVue, nibabel and MONAI read it as is):
 - ``affine`` maps ``(i, j, k, 1)`` to RAS millimetres. Its third column is the step between slice
   positions, which is not perpendicular to the slice plane for a gantry-tilted CT: the affine is
   then sheared, and still exact.
-- On disk: gzipped NIfTI (sform = affine), named by the SHA-256 of its bytes, so writing the same
-  volume twice gives the same file and a half-written file never carries a final name.
+- On disk: uncompressed NIfTI-1 (sform = affine), named by the SHA-256 of its bytes, so writing the
+  same volume twice gives the same file and a half-written file never carries a final name.
+  Uncompressed because gzip would cost more than retrieving the series from the PACS, and workers
+  can memory-map it; what streams to a browser is compressed on the way.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -56,18 +56,17 @@ class Volume:
 
 
 def volume_to_nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """Gzipped NIfTI-1 bytes with sform = qform code 'scanner'; reproducible (gzip mtime 0)."""
+    """NIfTI-1 bytes with sform = qform code 'scanner'; the same input gives the same bytes."""
     image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     image.header.set_xyzt_units("mm")
     # qform cannot hold a shear; the sform is exact and is what readers use first.
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
-    raw = image.to_bytes()
-    return gzip.compress(raw, compresslevel=1, mtime=0)
+    return image.to_bytes()
 
 
 def save_volume(array: np.ndarray, affine: np.ndarray, directory: Path) -> tuple[Path, str]:
-    """Write ``array``/``affine`` into ``directory`` as ``<sha256>.nii.gz``; return (path, sha256).
+    """Write ``array``/``affine`` into ``directory`` as ``<sha256>.nii``; return (path, sha256).
 
     Idempotent: an existing file of the same content is kept. The write goes to a temporary file
     in the same folder and is renamed into place, so a crash leaves no partial final file.
@@ -75,7 +74,7 @@ def save_volume(array: np.ndarray, affine: np.ndarray, directory: Path) -> tuple
     data = volume_to_nifti_bytes(array, affine)
     digest = hashlib.sha256(data).hexdigest()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{digest}.nii.gz"
+    path = directory / f"{digest}.nii"
     if not path.exists():
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".part")
         try:
@@ -93,10 +92,3 @@ def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     image = nib.load(str(path))
     return np.asarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
 
-
-def nifti_bytes_to_volume(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Decode gzipped or plain NIfTI bytes; return (array, affine)."""
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    image = nib.Nifti1Image.from_stream(io.BytesIO(data))
-    return np.asarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)

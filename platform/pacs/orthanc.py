@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -19,6 +22,12 @@ ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = os.environ.get(
     "ORTHANC_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def orthanc_config(*, http_port: int, storage_dir: Path, username: str, password: str, name: str) -> dict:
@@ -85,3 +94,39 @@ def orthanc_wait_ready(
             last = type(exc).__name__
         time.sleep(0.1)
     raise RuntimeError(f"Orthanc on port {http_port} not ready after {timeout:.0f} s ({last}).")
+
+
+@dataclass
+class OrthancServer:
+    """An Orthanc of our own on 127.0.0.1 (tests, benchmarks): started and stopped by its owner."""
+
+    storage: Path
+    port: int = field(default_factory=free_port)
+    username: str = "annotator"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.username, self.password)
+
+    def start(self) -> OrthancServer:
+        config = orthanc_write_config(
+            storage_dir=self.storage,
+            http_port=self.port,
+            username=self.username,
+            password=self.password,
+            name="annotator-scratch",
+        )
+        self.process = orthanc_start(config, self.storage / "orthanc.log")
+        orthanc_wait_ready(http_port=self.port, auth=self.auth, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)

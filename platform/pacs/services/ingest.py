@@ -7,8 +7,13 @@ row lock in one transaction, and a series left half-way is picked up again by th
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from django.db import connections
 
 from common.media import media_relative, volumes_dir
 from ml_worker.io.dicom_series import SeriesError, SeriesErrorKind, volumes_from_datasets
@@ -62,6 +67,31 @@ def series_ingest(*, series_id: int) -> Series | None:
     records = [_store(volume) for volume in volumes]
     instances = len({ds.SOPInstanceUID for ds in datasets})
     return series_volumes_replace(series_id=series_id, volumes=records, num_instances=instances)
+
+
+def series_ingest_many(
+    *, series_ids: Sequence[int], processes: int | None = None, done: Callable[[], None] = lambda: None
+) -> int:
+    """Ingest several series in child processes, one per core by default (DICOM parsing holds the
+    GIL, so threads would not help); returns how many hit a PACS outage. Every outcome is recorded
+    on its series. Used where no Celery worker runs the fan-out (manage.py pacs_sync, benchmarks).
+    """
+    connections.close_all()  # forked children must open their own database connections
+    context = multiprocessing.get_context("fork")
+    outages = 0
+    with ProcessPoolExecutor(max_workers=processes or os.cpu_count(), mp_context=context) as pool:
+        for ok in pool.map(_ingest_in_child, series_ids, chunksize=2):
+            outages += not ok
+            done()
+    return outages
+
+
+def _ingest_in_child(series_id: int) -> bool:
+    try:
+        series_ingest(series_id=series_id)
+        return True
+    except PacsUnavailable:
+        return False
 
 
 def _store(volume: Volume) -> VolumeRecord:

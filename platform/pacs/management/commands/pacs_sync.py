@@ -5,7 +5,7 @@ from tqdm import tqdm
 
 from common.exceptions import ApplicationError
 from pacs.models import PacsSource
-from pacs.services.ingest import series_ingest
+from pacs.services.ingest import series_ingest_many
 from pacs.services.sync import pacs_source_sync
 from studies.selectors import series_status_counts
 
@@ -25,10 +25,14 @@ class Command(BaseCommand):
         for src in sources:
             try:
                 result = pacs_source_sync(source_id=src.id)
-                for series_id in tqdm(result.series_to_ingest, desc=f"Ingest from {src.name}", unit="series"):
-                    series_ingest(series_id=series_id)
             except ApplicationError as exc:
                 raise CommandError(exc.message) from exc
+            with tqdm(
+                total=len(result.series_to_ingest), desc=f"Ingest from {src.name}", unit="series"
+            ) as bar:
+                outages = series_ingest_many(series_ids=result.series_to_ingest, done=lambda: bar.update(1))
+            if outages:
+                raise CommandError(f"{src.name}: {outages} series could not be retrieved (PACS unavailable).")
             self.stdout.write(
                 f"{src.name}: {result.studies_seen} studies in the PACS, {result.studies_examined} new or "
                 f"changed, {len(result.series_to_ingest)} series ingested."
