@@ -50,6 +50,7 @@ PIDS+=($!)
 cd "$REPO"
 
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/accounts/login/" && break; sleep 0.2; done
-say "Annotator is running at http://127.0.0.1:$PORT/  (demo users: see above, or var/log; Ctrl-C stops)"
+say "Annotator is running at http://127.0.0.1:$PORT/  (Ctrl-C stops it; logs in var/log/)"
+echo "Demo users: admin, reviewer, annotator; their passwords were printed when they were created."
 wait -n "${PIDS[@]}" || true
 echo "A component stopped; see var/log/." >&2

@@ -114,3 +114,11 @@ def test_healthz_reports_each_dependency(client, pacs_source):
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["pacs"]["Down PACS"].startswith("error")
+
+
+def test_absent_or_null_dicom_json_values_fall_back_to_the_default():
+    from pacs import dicomweb as dw
+
+    assert dw.value({"00081030": {"vr": "LO", "Value": [None]}}, "00081030", "") == ""
+    assert dw.value({"00081030": {"vr": "LO"}}, "00081030", "") == ""
+    assert dw.value({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^J"}]}}, "00100010") == "Doe^J"

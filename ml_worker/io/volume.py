@@ -91,4 +91,3 @@ def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI file written by :func:`save_volume` (or any NIfTI); return (array, affine)."""
     image = nib.load(str(path))
     return np.asarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
-

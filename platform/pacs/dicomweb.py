@@ -94,9 +94,9 @@ def call(source: PacsSource, what: str, fn: Callable[..., T], *args, **kwargs) -
 def value(item: dict, tag: str, default=None):
     """First value of ``tag`` in a DICOM JSON object (QIDO answer), or ``default``."""
     values = item.get(tag, {}).get("Value")
-    if not values:
+    first = values[0] if values else None
+    if first is None:  # absent, empty, or sent as null
         return default
-    first = values[0]
     if isinstance(first, dict) and "Alphabetic" in first:  # person names
         return first["Alphabetic"]
     return first

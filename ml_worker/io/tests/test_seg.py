@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-import gzip
 import io
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
@@ -36,12 +36,8 @@ def grid(sources) -> dict:
 
 
 def read_nrrd(path: Path) -> np.ndarray:
-    """Minimal reader for dcmqi's gzip NRRD label maps, indexed [i, j, k] like a Volume."""
-    header, _, body = path.read_bytes().partition(b"\n\n")
-    fields = dict(line.split(": ", 1) for line in header.decode().splitlines()[1:] if ": " in line)
-    assert fields["type"] == "short" and fields["encoding"] == "gzip" and fields["endian"] == "little"
-    sizes = [int(v) for v in fields["sizes"].split()]
-    return np.frombuffer(gzip.decompress(body), dtype="<i2").reshape(sizes[::-1]).transpose(2, 1, 0)
+    """dcmqi's NRRD label maps, indexed [i, j, k] like a Volume (SimpleITK gives [k, j, i])."""
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).transpose(2, 1, 0)
 
 
 def to_bytes_and_back(dataset: pydicom.Dataset) -> pydicom.Dataset:
