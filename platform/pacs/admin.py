@@ -5,6 +5,9 @@ from pacs.models import PacsSource
 
 
 class PacsSourceForm(forms.ModelForm):
+    base_url = forms.URLField(
+        assume_scheme="https", help_text="DICOMweb root, e.g. https://pacs.example.org/dicom-web"
+    )
     password = forms.CharField(widget=forms.PasswordInput(render_value=True), required=False)
 
     class Meta:

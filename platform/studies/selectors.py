@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from studies.models import Series, Study
-from studies.services import STALE_INGEST
 
 RETRYABLE_ERROR_KINDS = ("pacs_unavailable",)
 
@@ -16,15 +17,15 @@ def study_instance_counts(*, source_id: int) -> dict[str, int]:
     return dict(Study.objects.filter(source_id=source_id).values_list("study_instance_uid", "num_instances"))
 
 
-def series_ids_to_ingest(*, source_id: int) -> list[int]:
-    """Series to build: new or changed, left mid-ingest by a dead worker, or failed on a PACS outage."""
-    stale = timezone.now() - STALE_INGEST
+def series_ids_unfinished(*, source_id: int, idle_for: timedelta = timedelta(0)) -> list[int]:
+    """Series not built yet (pending, mid-ingest, or failed on a PACS outage) whose row has not
+    changed for ``idle_for``: with zero, every unfinished series."""
+    unfinished = Q(status__in=[Series.Status.PENDING, Series.Status.INGESTING]) | Q(
+        status=Series.Status.ERROR, error_kind__in=RETRYABLE_ERROR_KINDS
+    )
     return list(
-        Series.objects.filter(study__source_id=source_id)
-        .filter(
-            Q(status=Series.Status.PENDING)
-            | Q(status=Series.Status.INGESTING, updated_at__lt=stale)
-            | Q(status=Series.Status.ERROR, error_kind__in=RETRYABLE_ERROR_KINDS)
+        Series.objects.filter(
+            unfinished, study__source_id=source_id, updated_at__lte=timezone.now() - idle_for
         )
         .order_by("id")
         .values_list("id", flat=True)

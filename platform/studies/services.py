@@ -12,8 +12,9 @@ from django.utils import timezone
 from pacs.models import PacsSource
 from studies.models import Series, Study, Volume
 
-# An ingest that has not moved for this long is taken to have died with its worker.
-STALE_INGEST = timedelta(minutes=15)
+# A series queued or mid-ingest without progress for this long is taken to be lost (its task or its
+# worker died) and is queued again. Queued work must not be re-queued on every poll of a backlog.
+REQUEUE_AFTER = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,10 @@ def series_upsert(
     series_number: int | None,
     num_instances: int,
     skip_reason: str = "",
-) -> Series:
-    """Create or refresh a series; one whose instance count changed since its ingest is queued again.
-
-    ``skip_reason`` marks series that are not images (SEG, SR, ...): they are listed, never built.
+) -> tuple[Series, bool]:
+    """Create or refresh a series; returns it and whether it needs an ingest now (new, or its
+    instance count changed). ``skip_reason`` marks series that are not images (SEG, SR, ...): they
+    are listed, never built.
     """
     series, created = Series.objects.select_for_update().get_or_create(
         study=study,
@@ -90,6 +91,7 @@ def series_upsert(
     changed = not created and series.num_instances != num_instances
     series.modality, series.description = modality[:16], description[:256]
     series.series_number, series.num_instances = series_number, num_instances
+    needs_ingest = False
     if skip_reason:
         series.status, series.error_kind, series.error_message = (
             Series.Status.SKIPPED,
@@ -98,8 +100,9 @@ def series_upsert(
         )
     elif created or changed or series.status == Series.Status.SKIPPED:
         series.status, series.error_kind, series.error_message = Series.Status.PENDING, "", ""
+        needs_ingest = True
     series.save()
-    return series
+    return series, needs_ingest
 
 
 def series_ingest_start(*, series_id: int) -> Series | None:

@@ -21,8 +21,8 @@ from django.utils import timezone
 from common.exceptions import ApplicationError
 from pacs import dicomweb as dw
 from pacs.models import PacsSource
-from studies.selectors import series_ids_to_ingest, study_instance_counts
-from studies.services import series_upsert, study_mark_examined, study_upsert
+from studies.selectors import series_ids_unfinished, study_instance_counts
+from studies.services import REQUEUE_AFTER, series_upsert, study_mark_examined, study_upsert
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class SyncResult:
 
 
 def pacs_source_sync(*, source_id: int) -> SyncResult:
-    """Bring the catalogue of studies/series up to date with the PACS; return the series to ingest.
+    """Bring the catalogue of studies/series up to date with the PACS; return the series to ingest:
+    those new or changed in this run, and those whose earlier ingest was lost (REQUEUE_AFTER).
 
     Raises SyncAlreadyRunning when another sync holds the source, PacsUnavailable when the PACS is
     down (recorded on the source for people to see), PacsRequestError when it refuses.
@@ -83,6 +84,7 @@ def _discover(source: PacsSource) -> SyncResult:
     client = dw.client_for(source)
     known = study_instance_counts(source_id=source.id)
     result = SyncResult()
+    queued: set[int] = set()
     for item in _studies(source, client):
         result.studies_seen += 1
         uid = dw.value(item, dw.STUDY_UID)
@@ -96,9 +98,10 @@ def _discover(source: PacsSource) -> SyncResult:
             study_instance_uid=uid,
             fields=SERIES_FIELDS,
         )
-        _record_study(source, item, series_items)
+        queued |= _record_study(source, item, series_items)
         result.studies_examined += 1
-    result.series_to_ingest = series_ids_to_ingest(source_id=source.id)
+    queued |= set(series_ids_unfinished(source_id=source.id, idle_for=REQUEUE_AFTER))
+    result.series_to_ingest = sorted(queued)
     return result
 
 
@@ -116,7 +119,8 @@ def _studies(source: PacsSource, client):
 
 
 @transaction.atomic
-def _record_study(source: PacsSource, item: dict, series_items: list[dict]) -> None:
+def _record_study(source: PacsSource, item: dict, series_items: list[dict]) -> set[int]:
+    """Upsert a study and its series; return the ids of series that need an ingest."""
     study = study_upsert(
         source=source,
         study_instance_uid=dw.value(item, dw.STUDY_UID),
@@ -127,12 +131,13 @@ def _record_study(source: PacsSource, item: dict, series_items: list[dict]) -> N
         num_series=int(dw.value(item, dw.STUDY_NUM_SERIES, len(series_items))),
     )
     total = 0
+    queued = set()
     for s in series_items:
         modality = str(dw.value(s, dw.MODALITY, ""))
         count = int(dw.value(s, dw.SERIES_NUM_INSTANCES, 0))
         total += count
         number = dw.value(s, dw.SERIES_NUMBER)
-        series_upsert(
+        series, needs_ingest = series_upsert(
             study=study,
             series_instance_uid=dw.value(s, dw.SERIES_UID),
             modality=modality,
@@ -145,7 +150,10 @@ def _record_study(source: PacsSource, item: dict, series_items: list[dict]) -> N
                 else ""
             ),
         )
+        if needs_ingest:
+            queued.add(series.id)
     study_mark_examined(study=study, num_instances=int(dw.value(item, dw.STUDY_NUM_INSTANCES, total)))
+    return queued
 
 
 def _date(text: str | None) -> dt.date | None:

@@ -7,7 +7,7 @@ from common.exceptions import ApplicationError
 from pacs.models import PacsSource
 from pacs.services.ingest import series_ingest_many
 from pacs.services.sync import pacs_source_sync
-from studies.selectors import series_status_counts
+from studies.selectors import series_ids_unfinished, series_status_counts
 
 
 class Command(BaseCommand):
@@ -17,9 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--source", help="Name of one source (default: every enabled source).")
 
     def handle(self, *args, source=None, **options):
-        sources = (
-            PacsSource.objects.filter(name=source) if source else PacsSource.objects.filter(enabled=True)
-        )
+        sources = PacsSource.objects.filter(**({"name": source} if source else {"enabled": True}))
         if source and not sources.exists():
             raise CommandError(f"No PACS source named '{source}'.")
         for src in sources:
@@ -27,14 +25,15 @@ class Command(BaseCommand):
                 result = pacs_source_sync(source_id=src.id)
             except ApplicationError as exc:
                 raise CommandError(exc.message) from exc
-            with tqdm(
-                total=len(result.series_to_ingest), desc=f"Ingest from {src.name}", unit="series"
-            ) as bar:
-                outages = series_ingest_many(series_ids=result.series_to_ingest, done=lambda: bar.update(1))
-            if outages:
-                raise CommandError(f"{src.name}: {outages} series could not be retrieved (PACS unavailable).")
+            # This process is the ingester: it takes over every unfinished series now, including
+            # those a killed run left mid-way, instead of waiting for them to look lost.
+            todo = series_ids_unfinished(source_id=src.id)
+            with tqdm(total=len(todo), desc=f"Ingest from {src.name}", unit="series") as bar:
+                outages = series_ingest_many(series_ids=todo, done=lambda: bar.update(1))
             self.stdout.write(
                 f"{src.name}: {result.studies_seen} studies in the PACS, {result.studies_examined} new or "
-                f"changed, {len(result.series_to_ingest)} series ingested."
+                f"changed, {len(todo)} series ingested."
             )
+            if outages:
+                raise CommandError(f"{src.name}: {outages} series could not be retrieved (PACS unavailable).")
         self.stdout.write("Series by status: " + json.dumps(series_status_counts()))
