@@ -3,6 +3,7 @@ that re-runs, kills and outages converge without duplicates."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 import signal
@@ -15,6 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 from django.db import connection
+from pydicom.uid import generate_uid
 
 from common.media import media_path
 from ml_worker.io.volume import LPS_TO_RAS, load_volume
@@ -230,3 +232,47 @@ def test_pacs_stopped_between_discovery_and_retrieve(db, scratch_orthanc, shared
     series_ingest(series_id=series_id)
     assert Series.objects.get(pk=series_id).status == Series.Status.READY
     assert Volume.objects.count() == 1
+
+
+def _retagged(datasets, *, study_uid: str, series_uid: str, key: str):
+    """Copies under new UIDs, so a variant of a real series can sit in the PACS beside the original."""
+    out = []
+    for n, ds in enumerate(datasets):
+        ds = copy.deepcopy(ds)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[key, str(n)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out.append(ds)
+    return out
+
+
+def test_bad_series_get_their_own_clear_error_and_the_rest_of_the_study_is_built(
+    db, scratch_orthanc, shared_data
+):
+    from pacs.services.store import pacs_store_datasets
+
+    crop = read_series_files(shared_data / "dicom/PGBM-003/11_HCropVolume")
+    t1 = read_series_files(shared_data / "dicom/PGBM-003/11-T1post-18670")
+    study = generate_uid(entropy_srcs=["bad-inputs-study"])
+    good = _retagged(crop, study_uid=study, series_uid=generate_uid(entropy_srcs=["good"]), key="good")
+    crop_sorted = sorted(crop, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    gap = crop_sorted[:20] + crop_sorted[21:]  # one slice missing in the middle
+    missing = _retagged(gap, study_uid=study, series_uid=generate_uid(entropy_srcs=["gap"]), key="gap")
+    mixed_uid = generate_uid(entropy_srcs=["mixed"])
+    mixed = _retagged(crop[:5] + t1[:5], study_uid=study, series_uid=mixed_uid, key="mixed")
+    source = scratch_orthanc.source("Scratch PACS")
+    source.save()
+    pacs_store_datasets(source=source, datasets=good + missing + mixed)
+
+    sync_all(source)
+
+    by_uid = {s.series_instance_uid: s for s in Series.objects.filter(study__study_instance_uid=study)}
+    assert by_uid[good[0].SeriesInstanceUID].status == Series.Status.READY
+    gap_series = by_uid[missing[0].SeriesInstanceUID]
+    assert (gap_series.status, gap_series.error_kind) == (Series.Status.ERROR, "missing_slice")
+    assert "missing" in gap_series.error_message.lower()
+    mixed_series = by_uid[mixed_uid]
+    assert (mixed_series.status, mixed_series.error_kind) == (Series.Status.ERROR, "mixed")
+    assert Volume.objects.filter(series__in=[gap_series, mixed_series]).count() == 0
+    # Errors are final for these series: re-syncing does not retry them until the series changes.
+    assert pacs_source_sync(source_id=source.id).series_to_ingest == []

@@ -122,3 +122,14 @@ def test_absent_or_null_dicom_json_values_fall_back_to_the_default():
     assert dw.value({"00081030": {"vr": "LO", "Value": [None]}}, "00081030", "") == ""
     assert dw.value({"00081030": {"vr": "LO"}}, "00081030", "") == ""
     assert dw.value({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^J"}]}}, "00100010") == "Doe^J"
+
+
+def test_sources_page_shows_what_landed_per_source(client, users, pacs_source):
+    for series_id in pacs_source_sync(source_id=pacs_source.id).series_to_ingest:
+        series_ingest(series_id=series_id)
+    Series.objects.filter(description="T2_reg").update(status=Series.Status.ERROR)
+    client.force_login(users[Role.ADMIN])
+    page = client.get("/pacs/sources/").content.decode()
+    n_studies = pacs_source.studies.count()
+    n_ready = Series.objects.filter(status=Series.Status.READY).count()
+    assert f"<td>{n_studies}</td>" in page and f"{n_ready} ready" in page and "1 failed" in page

@@ -1,5 +1,7 @@
 from datetime import datetime, timedelta
 
+from django.db.models import Count, Q, QuerySet
+
 from pacs.models import PacsSource
 
 
@@ -15,5 +17,10 @@ def pacs_sources_due(*, now: datetime) -> list[int]:
     return due
 
 
-def pacs_source_list():
-    return PacsSource.objects.order_by("name")
+def pacs_source_list() -> QuerySet[PacsSource]:
+    """Sources with how much of each has landed: studies, and series ready or failed."""
+    return PacsSource.objects.annotate(
+        n_studies=Count("studies", distinct=True),
+        n_ready=Count("studies__series", filter=Q(studies__series__status="ready")),
+        n_error=Count("studies__series", filter=Q(studies__series__status="error")),
+    ).order_by("name")
