@@ -66,7 +66,9 @@ _PIXEL_SPACING_ATOL = 1e-4  # mm
 _UNIT_TOL = 1e-2  # |direction cosine vector| must be 1 within this
 _ORTHOGONAL_TOL = 1e-3  # |row . col| above this is not orthogonal
 _SAME_POSITION_MM = 1e-2  # slices closer than this along the normal are at the same position
-_STEP_ATOL_MM = 1e-3  # steps are uniform within max(this, _STEP_RTOL * step)
+# Steps are uniform within max(_STEP_ATOL_MM, _STEP_RTOL * step). Scanners write positions to
+# 0.01 mm or so; a step is the difference of two, so it may be off by 0.02 mm on thin slices.
+_STEP_ATOL_MM = 0.025
 _STEP_RTOL = 0.01
 _MULTIPLE_RTOL = 0.05  # a gap is within 5 % of the regular step of an integer multiple >= 2
 _TILT_MIN_DEG = 0.05  # shear below this is numerical noise, not worth a warning
@@ -516,7 +518,7 @@ def _uniform_reach(steps: np.ndarray, scalar: np.ndarray) -> list[int]:
 
     steps: ``(K-1, 3)`` step vectors between consecutive sorted slices; scalar: ``(K-1,)`` their
     components along the normal. Slices ``a..b`` are uniform when their step vectors agree
-    component-wise within max(1e-3 mm, 1 % of the smallest step). A sub-run of a uniform run is
+    component-wise within max(0.025 mm, 1 % of the smallest step). A sub-run of a uniform run is
     uniform, so the reach never moves back and each slice is visited a bounded number of times.
     """
 

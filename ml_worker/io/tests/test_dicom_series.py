@@ -504,3 +504,27 @@ def test_empty_series_is_rejected():
     with pytest.raises(SeriesError) as caught:
         volumes_from_datasets([])
     assert caught.value.kind == SeriesErrorKind.NOT_IMAGE
+
+
+def test_positions_rounded_by_the_scanner_still_make_one_uniform_volume():
+    """Thin CT slices (0.625 mm) whose positions are written to 0.01 mm vary by up to 0.02 mm a step."""
+    from ml_worker.io.nifti_to_dicom import array_to_dicom_series
+
+    affine = np.diag([0.7, 0.7, 0.625, 1.0])
+    affine[:3, 3] = [-120.0, -110.0, -73.3]
+    datasets = array_to_dicom_series(
+        np.zeros((8, 6, 40), np.uint16),
+        affine,
+        key="rounded",
+        patient_id="P",
+        patient_name="P^P",
+        study_description="s",
+        series_description="s",
+    )
+    for ds in datasets:
+        ds.ImagePositionPatient = [round(float(v), 2) for v in ds.ImagePositionPatient]
+
+    (volume,) = volumes_from_datasets(datasets)
+
+    assert volume.shape == (8, 6, 40)
+    np.testing.assert_allclose(volume.spacing, (0.7, 0.7, 0.625), atol=2e-3)
