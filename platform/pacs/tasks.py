@@ -9,6 +9,12 @@ from common.exceptions import TransientError
 
 log = logging.getLogger(__name__)
 
+# A PACS outage: back off from 30 s to 15 min, about two hours in all, then give up; the next
+# sync queues lost work again (studies.services.REQUEUE_AFTER).
+RETRY_TRANSIENT = dict(
+    acks_late=True, autoretry_for=(TransientError,), retry_backoff=30, retry_backoff_max=900, max_retries=8
+)
+
 
 @shared_task(acks_late=True)
 def pacs_sources_poll() -> None:
@@ -19,13 +25,7 @@ def pacs_sources_poll() -> None:
         pacs_source_sync.delay(source_id)
 
 
-@shared_task(
-    acks_late=True,
-    autoretry_for=(TransientError,),
-    retry_backoff=30,
-    retry_backoff_max=900,
-    max_retries=8,
-)
+@shared_task(**RETRY_TRANSIENT)
 def pacs_source_sync(source_id: int) -> dict:
     from pacs.services.sync import SyncAlreadyRunning
     from pacs.services.sync import pacs_source_sync as sync
@@ -40,13 +40,7 @@ def pacs_source_sync(source_id: int) -> dict:
     return {"studies_seen": result.studies_seen, "queued": len(result.series_to_ingest)}
 
 
-@shared_task(
-    acks_late=True,
-    autoretry_for=(TransientError,),
-    retry_backoff=30,
-    retry_backoff_max=900,
-    max_retries=8,
-)
+@shared_task(**RETRY_TRANSIENT)
 def series_ingest(series_id: int) -> None:
     from pacs.services.ingest import series_ingest as ingest
 
