@@ -13,6 +13,10 @@ CELERY_BROKER_URL = os.environ.get("CELERY_TEST_BROKER_URL", "redis://127.0.0.1:
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 # Subprocesses started by a test (manage.py, workers) get the same folder through the environment.
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT") or tempfile.mkdtemp(prefix="annotator-test-media-"))
+# Pages are served from the source folders in tests; collectstatic is not run.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
+STATIC_ROOT = Path(tempfile.mkdtemp(prefix="annotator-test-static-"))
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only; tests only
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
