@@ -675,6 +675,18 @@ def _decode(slice_: _Slice) -> np.ndarray:
     return array
 
 
+def _rescale(array: np.ndarray, rescale: Dataset) -> np.ndarray:
+    """The modality LUT; integer slope and intercept (CT's 1 and -1024) stay in integers, exactly."""
+    slope, intercept = rescale.get("RescaleSlope"), rescale.get("RescaleIntercept")
+    if "ModalityLUTSequence" not in rescale:
+        slope, intercept = float(1 if slope is None else slope), float(0 if intercept is None else intercept)
+        if slope.is_integer() and intercept.is_integer():
+            if (slope, intercept) == (1.0, 0.0):
+                return array
+            return array.astype(np.int64) * int(slope) + int(intercept)
+    return apply_modality_lut(array, rescale)
+
+
 def _output_dtype(low: float, high: float, integral: bool) -> np.dtype:
     if integral:
         for dtype in (np.int16, np.uint16, np.int32):
@@ -706,12 +718,11 @@ def _build_volume(
     lps[:3, 3] = first.position
     affine = LPS_TO_RAS @ lps
 
-    stored = []
+    rescaled = []
     low, high, integral = math.inf, -math.inf, True
-    for slice_ in run:  # pass 1: decode, and find the range of the rescaled values
-        array = _decode(slice_)
-        stored.append(array)
-        values = apply_modality_lut(array, slice_.rescale)
+    for slice_ in run:  # decode and rescale, and find the range of the values
+        values = _rescale(_decode(slice_), slice_.rescale)
+        rescaled.append(values)
         if values.size:
             low, high = min(low, float(values.min())), max(high, float(values.max()))
         if values.dtype.kind == "f":
@@ -719,10 +730,10 @@ def _build_volume(
                 np.all(np.isfinite(values)) and np.array_equal(values, np.rint(values))
             )
     dtype = _output_dtype(low, high, integral)
-    rows, columns = stored[0].shape
+    rows, columns = rescaled[0].shape
     out = np.empty((columns, rows, len(run)), dtype=dtype, order="F")
-    for k, (slice_, array) in enumerate(zip(run, stored, strict=True)):  # pass 2: rescale into place
-        out[:, :, k] = apply_modality_lut(array, slice_.rescale).T
+    for k, values in enumerate(rescaled):
+        out[:, :, k] = values.T
     return Volume(
         array=out,
         affine=affine,
