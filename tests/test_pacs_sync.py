@@ -276,3 +276,11 @@ def test_bad_series_get_their_own_clear_error_and_the_rest_of_the_study_is_built
     assert Volume.objects.filter(series__in=[gap_series, mixed_series]).count() == 0
     # Errors are final for these series: re-syncing does not retry them until the series changes.
     assert pacs_source_sync(source_id=source.id).series_to_ingest == []
+
+
+def test_qido_paging_lists_every_study(pacs_source, settings):
+    settings.PACS_QIDO_PAGE_SIZE = 4  # fewer than the session PACS holds: several pages, the last short
+    result = pacs_source_sync(source_id=pacs_source.id)
+    assert result.studies_seen == 6 + HIPPOCAMPUS_CASES
+    uids = list(Study.objects.values_list("study_instance_uid", flat=True))
+    assert len(uids) == len(set(uids)) == result.studies_seen

@@ -33,6 +33,10 @@ STUDY_NUM_INSTANCES = "00201208"
 SERIES_NUM_INSTANCES = "00201209"
 
 
+STUDY_FIELDS = [STUDY_DESCRIPTION, MODALITIES_IN_STUDY, STUDY_NUM_SERIES, STUDY_NUM_INSTANCES]
+SERIES_FIELDS = [SERIES_DESCRIPTION, SERIES_NUMBER, MODALITY, SERIES_NUM_INSTANCES]
+
+
 class PacsUnavailable(TransientError):
     """The PACS did not answer (down, refused, timed out, 5xx): try again later."""
 
@@ -89,6 +93,19 @@ def pacs_errors(source: PacsSource, what: str) -> Iterator[None]:
 def call(source: PacsSource, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
     with pacs_errors(source, what):
         return fn(*args, **kwargs)
+
+
+def search_studies(source: PacsSource, client: DICOMwebClient) -> Iterator[dict]:
+    """Every study the PACS lists (QIDO-RS), page by page: PACS often cap the results of one query."""
+    page, offset = settings.PACS_QIDO_PAGE_SIZE, 0
+    while True:
+        items = call(
+            source, "list studies", client.search_for_studies, fields=STUDY_FIELDS, limit=page, offset=offset
+        )
+        yield from items
+        if len(items) < page:
+            return
+        offset += len(items)
 
 
 def value(item: dict, tag: str, default=None):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 from django.db import transaction
@@ -137,7 +137,7 @@ def series_volumes_replace(*, series_id: int, volumes: list[VolumeRecord], num_i
     """
     series = Series.objects.select_for_update().get(pk=series_id)
     for index, record in enumerate(volumes):
-        Volume.objects.update_or_create(series=series, index=index, defaults=record.__dict__)
+        Volume.objects.update_or_create(series=series, index=index, defaults=asdict(record))
     Volume.objects.filter(series=series, index__gte=len(volumes)).delete()
     series.status = Series.Status.READY
     series.error_kind = series.error_message = ""

@@ -7,7 +7,6 @@ from pacs import dicomweb as dw
 from pacs.demo import demo_bundles
 from pacs.models import PacsSource
 from pacs.services.store import pacs_store_datasets
-from pacs.services.sync import STUDY_FIELDS
 
 
 def pacs_demo_load(
@@ -19,17 +18,10 @@ def pacs_demo_load(
 ) -> dict[str, int]:
     """Put the demo studies into ``source``; a study the PACS already holds in full is not sent again."""
     client = dw.client_for(source)
-    present: dict[str, int] = {}
-    offset = 0
-    while True:  # what the PACS holds, one paged QIDO
-        page = dw.call(
-            source, "list studies", client.search_for_studies, fields=STUDY_FIELDS, limit=1000, offset=offset
-        )
-        for item in page:
-            present[dw.value(item, dw.STUDY_UID)] = int(dw.value(item, dw.STUDY_NUM_INSTANCES, 0))
-        if len(page) < 1000:
-            break
-        offset += len(page)
+    present = {
+        dw.value(item, dw.STUDY_UID): int(dw.value(item, dw.STUDY_NUM_INSTANCES, 0))
+        for item in dw.search_studies(source, client)
+    }
     counts = {"studies_sent": 0, "studies_present": 0, "instances_sent": 0}
     for bundle in demo_bundles(shared_data, hippocampus_limit=hippocampus_limit):
         progress(bundle.label)

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -41,9 +40,6 @@ NON_IMAGE_MODALITIES = {
     "REG",
     "RWV",
 }
-
-STUDY_FIELDS = [dw.STUDY_DESCRIPTION, dw.MODALITIES_IN_STUDY, dw.STUDY_NUM_SERIES, dw.STUDY_NUM_INSTANCES]
-SERIES_FIELDS = [dw.SERIES_DESCRIPTION, dw.SERIES_NUMBER, dw.MODALITY, dw.SERIES_NUM_INSTANCES]
 
 
 class SyncAlreadyRunning(ApplicationError):
@@ -85,7 +81,7 @@ def _discover(source: PacsSource) -> SyncResult:
     known = study_instance_counts(source_id=source.id)
     result = SyncResult()
     queued: set[int] = set()
-    for item in _studies(source, client):
+    for item in dw.search_studies(source, client):
         result.studies_seen += 1
         uid = dw.value(item, dw.STUDY_UID)
         count = dw.value(item, dw.STUDY_NUM_INSTANCES)
@@ -96,26 +92,13 @@ def _discover(source: PacsSource) -> SyncResult:
             "list the series of a study",
             client.search_for_series,
             study_instance_uid=uid,
-            fields=SERIES_FIELDS,
+            fields=dw.SERIES_FIELDS,
         )
         queued |= _record_study(source, item, series_items)
         result.studies_examined += 1
     queued |= set(series_ids_unfinished(source_id=source.id, idle_for=REQUEUE_AFTER))
     result.series_to_ingest = sorted(queued)
     return result
-
-
-def _studies(source: PacsSource, client):
-    page = settings.PACS_QIDO_PAGE_SIZE
-    offset = 0
-    while True:
-        items = dw.call(
-            source, "list studies", client.search_for_studies, fields=STUDY_FIELDS, limit=page, offset=offset
-        )
-        yield from items
-        if len(items) < page:
-            return
-        offset += len(items)
 
 
 @transaction.atomic
