@@ -133,3 +133,22 @@ def test_sources_page_shows_what_landed_per_source(client, users, pacs_source):
     n_studies = pacs_source.studies.count()
     n_ready = Series.objects.filter(status=Series.Status.READY).count()
     assert f"<td>{n_studies}</td>" in page and f"{n_ready} ready" in page and "1 failed" in page
+
+
+def test_admin_never_shows_a_pacs_password_and_blank_keeps_it(client, users):
+    source = PacsSource.objects.create(
+        name="PACS", base_url="http://127.0.0.1:9/dicom-web", username="u", password="s3cret-pacs-pw"
+    )
+    client.force_login(users[Role.ADMIN])
+    url = f"/admin/pacs/pacssource/{source.id}/change/"
+    assert "s3cret-pacs-pw" not in client.get(url).content.decode()
+    form = {
+        "name": "PACS",
+        "base_url": source.base_url,
+        "username": "u",
+        "password": "",
+        "poll_interval_s": 60,
+    }
+    assert client.post(url, form).status_code == 302
+    source.refresh_from_db()
+    assert source.password == "s3cret-pacs-pw" and source.poll_interval_s == 60

@@ -8,11 +8,19 @@ class PacsSourceForm(forms.ModelForm):
     base_url = forms.URLField(
         assume_scheme="https", help_text="DICOMweb root, e.g. https://pacs.example.org/dicom-web"
     )
-    password = forms.CharField(widget=forms.PasswordInput(render_value=True), required=False)
+    password = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        required=False,
+        help_text="Never shown again once saved; leave blank to keep the stored password.",
+    )
 
     class Meta:
         model = PacsSource
         fields = ["name", "base_url", "username", "password", "enabled", "poll_interval_s"]
+
+
+    def clean_password(self) -> str:
+        return self.cleaned_data["password"] or self.instance.password
 
 
 @admin.register(PacsSource)
