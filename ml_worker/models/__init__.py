@@ -1,0 +1,1 @@
+"""Networks and their weights: LiteMedSAM, checkpoint loading, device choice."""
