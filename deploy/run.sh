@@ -13,7 +13,9 @@ manage() { "$PY" manage.py "$@"; }
 mkdir -p "$VAR/log"
 
 PIDS=()
+STOPPING=""
 stop_all() {
+  STOPPING=1
   trap - INT TERM EXIT
   if [ ${#PIDS[@]} -gt 0 ]; then
     say "Stopping"
@@ -30,7 +32,8 @@ manage demo_users
 
 if ! curl -fs -o /dev/null -u "annotator:$ORTHANC_PASSWORD" "http://127.0.0.1:${ORTHANC_HTTP_PORT:-8042}/system"; then
   say "Starting Orthanc on 127.0.0.1:${ORTHANC_HTTP_PORT:-8042} (storage var/orthanc)"
-  manage orthanc_serve > "$VAR/log/orthanc.log" 2>&1 &
+  # Not through manage(): a backgrounded function is a subshell, and $! would not be Orthanc.
+  "$PY" manage.py orthanc_serve > "$VAR/log/orthanc.log" 2>&1 &
   PIDS+=($!)
 fi
 manage demo_load
@@ -53,4 +56,7 @@ for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/accounts/l
 say "Annotator is running at http://127.0.0.1:$PORT/  (Ctrl-C stops it; logs in var/log/)"
 echo "Demo users: admin, reviewer, annotator; their passwords were printed when they were created."
 wait -n "${PIDS[@]}" || true
-echo "A component stopped; see var/log/." >&2
+if [ -z "$STOPPING" ]; then
+  echo "A component stopped by itself; see var/log/. Stopping the rest." >&2
+  exit 1
+fi
