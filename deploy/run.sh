@@ -44,11 +44,11 @@ cd "$REPO/platform"
 "$VENV/bin/gunicorn" annotator.wsgi:application --bind "127.0.0.1:$PORT" --workers 3 --timeout 120 \
   > "$VAR/log/web.log" 2>&1 &
 PIDS+=($!)
-"$VENV/bin/celery" -A annotator worker -Q interactive -c 1 -n interactive@%h > "$VAR/log/worker-interactive.log" 2>&1 &
+"$VENV/bin/celery" -A annotator worker -Q interactive -c 1 -n interactive@%h -l INFO > "$VAR/log/worker-interactive.log" 2>&1 &
 PIDS+=($!)
-"$VENV/bin/celery" -A annotator worker -Q cpu,gpu,train -c 2 -n batch@%h > "$VAR/log/worker-batch.log" 2>&1 &
+"$VENV/bin/celery" -A annotator worker -Q cpu,gpu,train -c 2 -n batch@%h -l INFO > "$VAR/log/worker-batch.log" 2>&1 &
 PIDS+=($!)
-"$VENV/bin/celery" -A annotator beat -s "$VAR/celerybeat-schedule" > "$VAR/log/beat.log" 2>&1 &
+"$VENV/bin/celery" -A annotator beat -s "$VAR/celerybeat-schedule" -l INFO > "$VAR/log/beat.log" 2>&1 &
 PIDS+=($!)
 cd "$REPO"
 

@@ -18,7 +18,6 @@ class PacsSourceForm(forms.ModelForm):
         model = PacsSource
         fields = ["name", "base_url", "username", "password", "enabled", "poll_interval_s"]
 
-
     def clean_password(self) -> str:
         return self.cleaned_data["password"] or self.instance.password
 

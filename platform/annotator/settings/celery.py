@@ -2,11 +2,15 @@
 
 import os
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
-CELERY_TASK_QUEUES = [Queue(name) for name in ("interactive", "gpu", "train", "cpu")]
+# Each queue its own direct exchange and key: a bare Queue(name) would inherit the default queue's.
+CELERY_TASK_QUEUES = [
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in ("interactive", "gpu", "train", "cpu")
+]
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 # PACS I/O and ingest are CPU work; model tasks will route to interactive/gpu/train.
 CELERY_TASK_ROUTES = {"pacs.tasks.*": {"queue": "cpu"}}
