@@ -1,0 +1,272 @@
+"""Inference with the native 3D network: prompted segmentation and pre-segmentation of whole volumes.
+
+:class:`Native3DTask` follows MONAILabel's ``InferTask`` shape: a model supplies its pre-transforms,
+its inferer and its post-processing, and :meth:`Native3DTask.__call__` runs them in a fixed order::
+
+    validate prompts -> pre_transforms (preprocessing + guidance channels) -> inferer (network)
+    -> sigmoid -> to_source_grid (probabilities) -> label map
+
+- Pre-transforms: :func:`ml_worker.transforms.preprocessing` (intensity, deshear, RAS, resample to
+  ``config.spacing``, pad to at least ``config.roi_size`` and to a multiple of 8), then
+  :class:`~ml_worker.inference.guidance.RenderGuidanced` draws the prompts on the network grid.
+- Inferer: a plain forward when the preprocessed volume is the ROI (it was padded up to it), else
+  MONAI's ``SlidingWindowInferer`` (``roi_size``, overlap 0.25, Gaussian blending).
+- Post: a sigmoid per class, then :func:`ml_worker.transforms.to_source_grid` (linear) back onto the
+  source voxel grid, and a label map from the probabilities.
+
+The network runs in eval mode under ``torch.no_grad``, with mixed precision on CUDA only (its output
+is cast back to float32 before the sigmoid). Pre-segmentation is the same call without prompts
+(every guidance channel zero): :func:`presegment`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
+from monai.transforms import Compose
+from torch import nn
+
+from ml_worker.inference.guidance import RenderGuidance, RenderGuidanced
+from ml_worker.inference.prompts import PromptError, Prompts
+from ml_worker.io.volume import Volume
+from ml_worker.models.checkpoints import autocast, select_device
+from ml_worker.models.native3d import DIVISOR, Native3DConfig, load_native3d
+from ml_worker.transforms import preprocessing, to_source_grid
+
+__all__ = ["Native3DTask", "Prediction", "labels_from_probabilities", "presegment"]
+
+THRESHOLD = 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """What a model says about one volume, on the source voxel grid.
+
+    probabilities: ``(C, I, J, K)`` float32 in ``[0, 1]``, one sigmoid per class, channels in the
+        order of `label_set`.
+    labels: ``(I, J, K)`` uint8 label map: the label value of the most probable class where that
+        probability is above 0.5, else 0 (see :func:`labels_from_probabilities`).
+    affine: ``(4, 4)`` voxel -> RAS of the source grid (the input's).
+    label_set: name -> label value, in channel order.
+    latency_s: wall time of the whole call; `latencies` splits it into ``preprocess``, ``network``
+        and ``postprocess``.
+    device: where the network ran ("cpu", "cuda:0").
+    sliding_window: whether the sliding-window inferer ran (else one forward over the volume).
+    """
+
+    probabilities: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    affine: np.ndarray = field(repr=False)
+    label_set: Mapping[str, int]
+    latency_s: float
+    latencies: Mapping[str, float]
+    device: str
+    sliding_window: bool
+
+
+def labels_from_probabilities(
+    probabilities: np.ndarray, label_values: tuple[int, ...], *, threshold: float = THRESHOLD
+) -> np.ndarray:
+    """``(C, I, J, K)`` per-class probabilities -> ``(I, J, K)`` uint8 label map.
+
+    A voxel gets ``label_values[c]`` of the class with the highest probability, if that is above
+    `threshold`; otherwise 0 (background). Overlaps (two classes above the threshold, possible with
+    sigmoids) go to the more probable class; an exact tie goes to the earlier channel. Computed one
+    channel at a time, so a CT-sized volume needs no ``(C, I, J, K)`` temporary.
+    """
+    if probabilities.ndim != 4 or probabilities.shape[0] != len(label_values):
+        raise ValueError(
+            f"expected ({len(label_values)}, I, J, K) probabilities, got shape {probabilities.shape}"
+        )
+    best = np.full(probabilities.shape[1:], threshold, dtype=np.float32)
+    labels = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+    for channel, value in zip(probabilities, label_values, strict=True):
+        wins = channel > best
+        best[wins] = channel[wins]
+        labels[wins] = value
+    return labels
+
+
+class Native3DTask:
+    """The native 3D network as an inference task (pre-transforms, inferer, post-processing).
+
+    Args:
+        network: the network (e.g. from :func:`~ml_worker.models.native3d.load_native3d`); moved to
+            `device` and put in eval mode.
+        config: its configuration (label set, guidance, ROI, spacing).
+        device: where to run; default CUDA when available, else CPU.
+        sw_batch_size: windows per forward of the sliding-window inferer.
+        overlap: sliding-window overlap (fraction of the ROI).
+        mode: ``"auto"``: one forward when the preprocessed volume is the ROI, sliding window when it is
+            larger; ``"sliding"`` or ``"whole"`` force one (``"whole"`` holds the whole volume's
+            activations at once: for GPUs with the memory, or for comparisons).
+        window: CT intensity window (see :func:`~ml_worker.transforms.preprocessing`).
+    """
+
+    def __init__(
+        self,
+        *,
+        network: nn.Module,
+        config: Native3DConfig,
+        device: torch.device | str | None = None,
+        sw_batch_size: int = 1,
+        overlap: float = 0.25,
+        mode: Literal["auto", "sliding", "whole"] = "auto",
+        window: str | tuple[float, float] = "soft_tissue",
+    ) -> None:
+        if mode not in ("auto", "sliding", "whole"):
+            raise ValueError(f"mode must be 'auto', 'sliding' or 'whole', got {mode!r}")
+        self.device = select_device(None if device is None else str(device))
+        self.network = network.to(self.device).eval()
+        self.config = config
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = float(overlap)
+        self.mode = mode
+        self.window = window
+        self.renderer = RenderGuidance(labels=config.labels, sigma=config.click_sigma)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: Path,
+        *,
+        device: torch.device | str | None = None,
+        config: Native3DConfig | None = None,
+        **kwargs: Any,
+    ) -> Native3DTask:
+        """A task over the weights at `path` (checked by :func:`~ml_worker.models.native3d.load_native3d`)."""
+        device = select_device(None if device is None else str(device))
+        network, config = load_native3d(path, device=device, config=config)
+        return cls(network=network, config=config, device=device, **kwargs)
+
+    def info(self) -> dict[str, Any]:
+        """What this model segments and how, for the API and model cards."""
+        return {
+            "type": "native3d",
+            "labels": self.config.labels,
+            "prompts": ["box", "click"] if self.config.guidance else [],
+            "roi_size": list(self.config.roi_size),
+            "spacing": None if self.config.spacing is None else list(self.config.spacing),
+            "device": str(self.device),
+        }
+
+    def pre_transforms(self, *, modality: str) -> Compose:
+        """Source ``{"image", "affine", "prompts"}`` -> network grid ``{"image": (1, X, Y, Z),
+        "guidance": (3C, X, Y, Z)}`` (no guidance key for a model without guidance)."""
+        transforms = list(
+            preprocessing(
+                modality=modality,
+                target_spacing=self.config.spacing,
+                roi_size=self.config.roi_size,
+                window=self.window,
+                fit="pad",
+                k_divisible=DIVISOR,
+            ).transforms
+        )
+        if self.config.guidance:
+            transforms.append(
+                RenderGuidanced("prompts", labels=self.config.labels, sigma=self.config.click_sigma)
+            )
+        return Compose(transforms)
+
+    def inferer(self, grid_shape: tuple[int, ...]) -> Inferer:
+        """The inferer for a preprocessed volume of spatial size `grid_shape` ``(X, Y, Z)``."""
+        fits = all(s <= r for s, r in zip(grid_shape, self.config.roi_size, strict=True))
+        if self.mode == "whole" or (self.mode == "auto" and fits):
+            return SimpleInferer()
+        return SlidingWindowInferer(
+            roi_size=self.config.roi_size,
+            sw_batch_size=self.sw_batch_size,
+            overlap=self.overlap,
+            mode="gaussian",
+            progress=False,
+        )
+
+    def __call__(
+        self,
+        *,
+        image: np.ndarray,
+        affine: np.ndarray,
+        modality: str,
+        prompts: Prompts | None = None,
+    ) -> Prediction:
+        """Segment the project's classes in one volume.
+
+        Args:
+            image: ``(I, J, K)`` source voxels (:mod:`ml_worker.io.volume` convention).
+            affine: ``(4, 4)`` voxel -> RAS mm.
+            modality: DICOM modality ("CT", "MR", ...), which picks the intensity normalisation.
+            prompts: boxes and clicks in source voxel coordinates for labels of ``config.labels``;
+                ``None`` (or empty) for pre-segmentation. A previous mask in `prompts` is not an input
+                of this network and is ignored.
+
+        Raises:
+            PromptError: a prompt outside the volume, an empty box, a label not in the label set, or
+                prompts for a model without guidance channels.
+            ValueError: an image that is not 3D.
+        """
+        start = time.perf_counter()
+        image = np.asarray(image)
+        if image.ndim != 3:
+            raise ValueError(f"image must be (I, J, K), got shape {image.shape}")
+        affine = np.asarray(affine, dtype=np.float64)
+        has_prompts = prompts is not None and bool(prompts.boxes or prompts.clicks)
+        if has_prompts and not self.config.guidance:
+            raise PromptError("this model takes no prompts (it was built without guidance channels)")
+        if prompts is not None:
+            self.renderer.validate(prompts, image.shape)
+
+        transform = self.pre_transforms(modality=modality)
+        data = transform({"image": image, "affine": affine, "prompts": prompts if has_prompts else None})
+        grid = data["image"]
+        channels = [grid.as_tensor()]
+        if self.config.guidance:
+            channels.append(data["guidance"])
+        inputs = torch.cat(channels)[None].to(self.device)
+        inferer = self.inferer(tuple(grid.shape[1:]))
+        preprocessed = time.perf_counter()
+
+        self.network.eval()
+        with torch.no_grad(), autocast(self.device):
+            logits = inferer(inputs, self.network)
+        probabilities = torch.sigmoid(logits[0].float()).cpu()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        ran = time.perf_counter()
+
+        on_source = to_source_grid(
+            probabilities,
+            transform=transform,
+            data=data,
+            source_shape=image.shape,
+            source_affine=affine,
+            kind="probabilities",
+        )
+        labels = labels_from_probabilities(on_source, self.config.label_values)
+        end = time.perf_counter()
+        return Prediction(
+            probabilities=on_source,
+            labels=labels,
+            affine=affine.copy(),
+            label_set=self.config.labels,
+            latency_s=end - start,
+            latencies={
+                "preprocess": preprocessed - start,
+                "network": ran - preprocessed,
+                "postprocess": end - ran,
+            },
+            device=str(self.device),
+            sliding_window=isinstance(inferer, SlidingWindowInferer),
+        )
+
+
+def presegment(task: Native3DTask, volume: Volume, *, modality: str) -> Prediction:
+    """Pre-segmentation: the project's classes in a whole volume, with no human prompt."""
+    return task(image=volume.array, affine=volume.affine, modality=modality, prompts=None)
