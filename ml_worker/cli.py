@@ -13,6 +13,7 @@ Heavy imports (torch, models) go inside the function, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -44,6 +45,8 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+# Modules that register more commands when imported (they import this one, so they load lazily).
+COMMAND_MODULES = ("ml_worker.inference.bench", "ml_worker.adaptation.pretrain_cli")
 
 
 def command(name: str, *, help: str, arguments: Sequence[Arg] = ()) -> Callable[[Handler], Handler]:
@@ -59,6 +62,8 @@ def command(name: str, *, help: str, arguments: Sequence[Arg] = ()) -> Callable[
 
 
 def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="python -m ml_worker", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for spec in COMMANDS.values():
@@ -91,7 +96,9 @@ def _int_list(text: str) -> list[int]:
     arguments=[
         arg("--images", type=Path, required=True, help="folder of NIfTI images"),
         arg("--labels", type=Path, required=True, help="folder of label maps with the same file names"),
-        arg("--model", default="litemedsam", choices=["litemedsam"], help="model (default litemedsam)"),
+        arg("--model", default="litemedsam", choices=["litemedsam", "native3d"], help="default litemedsam"),
+        arg("--checkpoint", type=Path, default=None, help="native3d: the trained weights file"),
+        arg("--modality", default="MR", help="native3d: modality of the images (default MR)"),
         arg("--out", type=Path, required=True, help="JSON report to write (per case, per class, summary)"),
         arg("--limit", type=int, default=None, help="only the first N cases (by name)"),
         arg(
@@ -112,23 +119,38 @@ def interactive_eval_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ml_worker.inference.embeddings import EmbeddingCache
-    from ml_worker.inference.eval import EvalConfig, find_cases, interactive_eval, label_names
-    from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, load_litemedsam, select_device
+    from ml_worker.inference.eval import (
+        EvalConfig,
+        find_cases,
+        interactive_eval,
+        label_names,
+        litemedsam_sessions,
+    )
+    from ml_worker.inference.native import Native3DSession, Native3DTask
+    from ml_worker.models.checkpoints import (
+        LITEMEDSAM_SHA256,
+        CheckpointError,
+        file_sha256,
+        load_litemedsam,
+        select_device,
+    )
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.clicks < 0 or args.jitter < 0 or (args.limit is not None and args.limit < 1):
         print("--clicks and --jitter must be >= 0, --limit >= 1", file=sys.stderr)
         return 2
+    if (args.model == "native3d") != (args.checkpoint is not None):
+        print("--checkpoint is needed with --model native3d, and only with it", file=sys.stderr)
+        return 2
     try:
         device = select_device(args.device)
         cases = find_cases(args.images, args.labels)
-    except (ValueError, FileNotFoundError) as exc:
+        task = Native3DTask.from_checkpoint(args.checkpoint, device=device) if args.checkpoint else None
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cases = cases[: args.limit] if args.limit else cases
-    model = load_litemedsam(device=device)
-    cache = EmbeddingCache(max_bytes=int(args.cache_gb * (1 << 30)), directory=args.cache_dir)
     config = EvalConfig(n_clicks=args.clicks, jitter=args.jitter, axis=args.axis, seed=args.seed)
 
     with tqdm(total=len(cases), unit="case", desc="interactive-eval") as bar:
@@ -145,20 +167,169 @@ def interactive_eval_command(args: argparse.Namespace) -> int:
             bar.set_postfix({"case": name, **scores})
             bar.update(1)
 
+        if task is None:
+            model_id = f"litemedsam/{LITEMEDSAM_SHA256[:16]}"
+            open_case = litemedsam_sessions(
+                model=load_litemedsam(device=device),
+                model_id=model_id,
+                config=config,
+                cache=EmbeddingCache(max_bytes=int(args.cache_gb * (1 << 30)), directory=args.cache_dir),
+                device=device,
+                on_slices=on_slices,
+            )
+        else:
+            model_id = f"native3d/{file_sha256(args.checkpoint)[:16]}"
+
+            def open_case(case, image, affine):
+                def session(label: int) -> Native3DSession:
+                    return Native3DSession(
+                        task, image=image, affine=affine, modality=args.modality, label=label
+                    )
+
+                return session, None
+
         report = interactive_eval(
-            model=model,
-            model_id=f"litemedsam/{LITEMEDSAM_SHA256[:16]}",
+            open_case=open_case,
+            model_id=model_id,
             cases=cases,
             config=config,
-            cache=cache,
             classes=args.classes,
             names=label_names(args.labels),
             device=device,
             on_case=on_case,
-            on_slices=on_slices,
         )
         slices.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["summary"], indent=1))
+    return 0
+
+
+@command(
+    "peft-compare",
+    help="PEFT methods x labelled cases on the native 3D net, from one base: test Dice per class, trainable "
+    "parameters, adapter bytes, train seconds as JSON (see ml_worker.adaptation.compare)",
+    arguments=[
+        arg("--images", type=Path, required=True, help="folder of NIfTI images"),
+        arg("--labels", type=Path, required=True, help="folder of label maps with the same file names"),
+        arg("--shots", default="5,10,20", help="labelled cases per run, e.g. 5,10,20"),
+        arg(
+            "--methods",
+            default="full,lora_conv,norm,decoder,linear_probe",
+            help="native3d PEFT methods, comma-separated (default: all five)",
+        ),
+        arg("--out", type=Path, required=True, help="folder for peft_compare.json, adapters and the base"),
+        arg("--base", type=Path, default=None, help="native3d base (default: train one)"),
+        arg("--quick", action="store_true", help="smallest settings: 8 filters, 32^3, 2 steps"),
+        arg("--epochs", type=int, default=None, help="adaptation epochs (default 10; quick 1)"),
+        arg("--steps", type=int, default=None, help="adaptation steps per epoch (default 20; quick 2)"),
+        arg("--base-epochs", type=int, default=None, help="base training epochs (default 40; quick 1)"),
+        arg("--base-steps", type=int, default=None, help="base steps per epoch (default 25; quick 2)"),
+        arg("--batch-size", type=int, default=None, help="samples per step (default 2; quick 1)"),
+        arg("--lr", type=float, default=1e-3, help="AdamW learning rate of the adaptation (default 1e-3)"),
+        arg("--roi", default=None, help="patch X,Y,Z (default 48,64,48; quick 32,32,32)"),
+        arg("--init-filters", type=int, default=None, help="width of a trained base (default 16; quick 8)"),
+        arg("--modality", default="MR", help="DICOM modality of the images (default MR)"),
+        arg("--test-fraction", type=float, default=0.2, help="fixed test part (default 0.2)"),
+        arg("--source-fraction", type=float, default=0.4, help="fixed base-training part (default 0.4)"),
+        arg("--test-limit", type=int, default=None, help="score on N test cases (default all; quick 2)"),
+        arg("--seed", type=int, default=0, help="seed of every run (default 0)"),
+        arg("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)"),
+        arg("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"),
+    ],
+)
+def peft_compare_command(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from ml_worker.adaptation.compare import CompareConfig, default_model, peft_compare
+    from ml_worker.adaptation.peft import AdapterError
+    from ml_worker.adaptation.train import TrainCase, TrainConfig
+    from ml_worker.inference.eval import find_cases, label_names
+    from ml_worker.io.volume import load_volume
+    from ml_worker.models.checkpoints import CheckpointError
+    from ml_worker.models.native3d import load_native3d
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    q = args.quick
+
+    def pick(value: Any, full: Any, quick: Any) -> Any:
+        return value if value is not None else (quick if q else full)
+
+    try:
+        shots = tuple(int(v) for v in args.shots.split(",") if v.strip())
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        roi = tuple(int(v) for v in pick(args.roi, "48,64,48", "32,32,32").split(","))
+        cases = find_cases(args.images, args.labels)
+        if args.base is not None:
+            model = None
+            values = load_native3d(args.base)[1].label_values
+        else:
+            names = {v: n for v, n in label_names(args.labels).items() if v > 0}
+            if not names:  # no dataset.json: the values found in the label files
+                found = set()
+                for case in cases:
+                    found |= {int(v) for v in np.unique(load_volume(case.label)[0]) if v > 0}
+                names = {v: f"label{v}" for v in sorted(found)}
+            model = default_model(names, roi_size=roi, init_filters=pick(args.init_filters, 16, 8))
+            values = model.label_values
+        batch = pick(args.batch_size, 2, 1)
+        common = {"batch_size": batch, "seed": args.seed, "modality": args.modality}
+        config = CompareConfig(
+            methods=methods,
+            shots=shots,
+            adapt=TrainConfig(
+                epochs=pick(args.epochs, 10, 1), steps_per_epoch=pick(args.steps, 20, 2), lr=args.lr, **common
+            ),
+            base=TrainConfig(
+                epochs=pick(args.base_epochs, 40, 1),
+                steps_per_epoch=pick(args.base_steps, 25, 2),
+                lr=2e-3,
+                **common,
+            ),
+            model=model,
+            test_fraction=args.test_fraction,
+            source_fraction=args.source_fraction,
+            test_limit=pick(args.test_limit, 0, 2),
+        )
+        train_cases = [
+            TrainCase(image=c.image, label=c.label, labelled=values, case_id=c.name) for c in cases
+        ]
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def progress_factory(name: str):
+        bar = tqdm(desc=name, unit="step", leave=False)
+
+        def progress(epoch: int, step: int, total: int, metrics: dict[str, float]) -> None:
+            bar.total = total
+            bar.n = step
+            bar.set_postfix({"epoch": epoch, "loss": round(metrics["loss"], 4)})
+            if step == total:
+                bar.close()
+
+        return progress
+
+    def on_row(row: dict[str, Any]) -> None:
+        tqdm.write(json.dumps({k: row[k] for k in ("method", "shots", "dice_mean", "train_seconds")}))
+
+    try:
+        report = peft_compare(
+            train_cases,
+            config=config,
+            out=args.out,
+            base=args.base,
+            device=args.device,
+            on_row=on_row,
+            progress_factory=progress_factory,
+        )
+    except (ValueError, AdapterError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "peft_compare.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report["rows"], indent=1))
     return 0

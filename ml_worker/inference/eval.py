@@ -25,12 +25,14 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import nibabel as nib
 import numpy as np
 import torch
 
 from ml_worker.inference.embeddings import EmbeddingCache, VolumeEmbeddings, cache_key, encode_volume
+from ml_worker.inference.prompts import Box3D, Click
 from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig
 from ml_worker.inference.simulate import jittered_box, next_click
 from ml_worker.models.checkpoints import file_sha256
@@ -132,7 +134,7 @@ def _rng(seed: int, case: str, label: int) -> np.random.Generator:
 
 
 def evaluate_structure(
-    session: LiteMedSAM3D,
+    session: Session,
     truth: np.ndarray,
     *,
     label: int,
@@ -175,45 +177,45 @@ def evaluate_structure(
     }
 
 
-def load_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """(image, integer label map), checked to share a shape."""
-    image = np.asarray(nib.load(str(case.image)).dataobj)
+def load_case(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, integer label map, affine), checked to share a shape."""
+    nifti = nib.load(str(case.image))
+    image = np.asarray(nifti.dataobj)
     labels = np.rint(np.asarray(nib.load(str(case.label)).dataobj)).astype(np.int64)
     if image.ndim != 3 or image.shape != labels.shape:
         raise ValueError(f"{case.name}: image {image.shape} and label {labels.shape} must be 3D of one shape")
-    return image, labels
+    return image, labels, np.asarray(nifti.affine, dtype=np.float64)
 
 
-def interactive_eval(
+class Session(Protocol):
+    """One structure in one volume, driven by a simulated annotator (`LiteMedSAM3D`, `Native3DSession`)."""
+
+    history: list
+
+    def start(self, box: Box3D) -> np.ndarray: ...
+
+    def click(self, click: Click) -> np.ndarray: ...
+
+
+# (case, image, affine) -> (a new session for a label, seconds spent on the volume ahead, or None)
+OpenCase = Callable[[Case, np.ndarray, np.ndarray], tuple[Callable[[int], Session], float | None]]
+
+
+def litemedsam_sessions(
     *,
     model: torch.nn.Module,
     model_id: str,
-    cases: Sequence[Case],
     config: EvalConfig,
     cache: EmbeddingCache,
-    classes: Sequence[int] | None = None,
-    names: Mapping[int, str] | None = None,
     device: torch.device | str = "cpu",
-    on_case: Callable[[str, dict], None] | None = None,
     on_slices: Callable[[int, int], None] | None = None,
-) -> dict:
-    """Run the protocol on `cases`; returns the report (per case, per class, and a summary).
+) -> OpenCase:
+    """LiteMedSAM 3D sessions over each volume's slice embeddings (encoded once, then cached).
 
-    Args:
-        model: LiteMedSAM in eval mode on `device`.
-        model_id: identifies the weights in cache keys and in the report.
-        cases: image/label pairs.
-        config: the protocol's settings.
-        cache: embeddings cache (a hit skips the encoder; its time is then not measured).
-        classes: label values to evaluate (default: every non-zero value present in each label map).
-        names: label value -> name for the summary (default ``label_<value>``).
-        on_case: called after each case with its name and result (progress).
-        on_slices: called while encoding with (slices done, slices in all).
+    A cache hit skips the encoder: its time is then not measured (None).
     """
-    names = dict(names or {})
-    results = []
-    for case in cases:
-        image, labels = load_case(case)
+
+    def open_case(case: Case, image: np.ndarray, affine: np.ndarray) -> tuple[Callable, float | None]:
         key = cache_key(file_sha256(case.image), model_id, f"axis{config.axis}")
         encode_s = None
         stored = cache.get(key)
@@ -223,13 +225,52 @@ def interactive_eval(
             encode_s = time.perf_counter() - began
             stored = cache.put(key, array)
         embeddings = VolumeEmbeddings(stored, tuple(image.shape), config.axis)
+
+        def session(label: int) -> LiteMedSAM3D:
+            return LiteMedSAM3D(model, embeddings, label=label, config=config.propagation, device=device)
+
+        return session, encode_s
+
+    return open_case
+
+
+def interactive_eval(
+    *,
+    open_case: OpenCase,
+    model_id: str,
+    cases: Sequence[Case],
+    config: EvalConfig,
+    classes: Sequence[int] | None = None,
+    names: Mapping[int, str] | None = None,
+    device: torch.device | str = "cpu",
+    on_case: Callable[[str, dict], None] | None = None,
+) -> dict:
+    """Run the protocol on `cases`; returns the report (per case, per class, and a summary).
+
+    Args:
+        open_case: prepares a volume and makes sessions on it (e.g. `litemedsam_sessions`).
+        model_id: identifies the model in the report.
+        cases: image/label pairs.
+        config: the protocol's settings.
+        classes: label values to evaluate (default: every non-zero value present in each label map).
+        names: label value -> name for the summary (default ``label_<value>``).
+        on_case: called after each case with its name and result (progress).
+    """
+    names = dict(names or {})
+    results = []
+    for case in cases:
+        image, labels, affine = load_case(case)
+        make_session, encode_s = open_case(case, image, affine)
         present = sorted(int(v) for v in np.unique(labels) if v != 0)
         wanted = [v for v in present if classes is None or v in classes]
         structures = []
         for label in wanted:
-            session = LiteMedSAM3D(model, embeddings, label=label, config=config.propagation, device=device)
             result = evaluate_structure(
-                session, labels == label, label=label, rng=_rng(config.seed, case.name, label), config=config
+                make_session(label),
+                labels == label,
+                label=label,
+                rng=_rng(config.seed, case.name, label),
+                config=config,
             )
             result["name"] = names.get(label, f"label_{label}")
             structures.append(result)

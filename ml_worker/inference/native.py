@@ -34,13 +34,14 @@ from monai.transforms import Compose
 from torch import nn
 
 from ml_worker.inference.guidance import RenderGuidance, RenderGuidanced
-from ml_worker.inference.prompts import PromptError, Prompts
+from ml_worker.inference.prompts import Box3D, Click, PromptError, Prompts
+from ml_worker.inference.sam3d import Interaction
 from ml_worker.io.volume import Volume
 from ml_worker.models.checkpoints import autocast, select_device
 from ml_worker.models.native3d import DIVISOR, Native3DConfig, load_native3d
 from ml_worker.transforms import preprocessing, to_source_grid
 
-__all__ = ["Native3DTask", "Prediction", "labels_from_probabilities", "presegment"]
+__all__ = ["Native3DSession", "Native3DTask", "Prediction", "labels_from_probabilities", "presegment"]
 
 THRESHOLD = 0.5
 
@@ -270,3 +271,52 @@ class Native3DTask:
 def presegment(task: Native3DTask, volume: Volume, *, modality: str) -> Prediction:
     """Pre-segmentation: the project's classes in a whole volume, with no human prompt."""
     return task(image=volume.array, affine=volume.affine, modality=modality, prompts=None)
+
+
+class Native3DSession:
+    """An interactive session of the native 3D net on one structure: each prompt re-runs the network
+    with every prompt given so far for that label (the guidance channels hold them all), so a click
+    composes with the box and the earlier clicks. Same interface as `LiteMedSAM3D`.
+
+    Args:
+        task: the native 3D task (a model with guidance channels).
+        image, affine: the volume, as for :meth:`Native3DTask.__call__`.
+        modality: DICOM modality of the volume.
+        label: the structure's label value (must be in the task's label set).
+    """
+
+    def __init__(
+        self, task: Native3DTask, *, image: np.ndarray, affine: np.ndarray, modality: str, label: int
+    ) -> None:
+        if not task.config.guidance:
+            raise PromptError("this model takes no prompts (it was built without guidance channels)")
+        if label not in task.config.label_values:
+            raise PromptError(f"label {label} is not in the model's label set {task.config.labels}")
+        self.task, self.image, self.affine, self.modality, self.label = task, image, affine, modality, label
+        self.box: Box3D | None = None
+        self.clicks: list[Click] = []
+        self.history: list[Interaction] = []
+
+    def start(self, box: Box3D) -> np.ndarray:
+        """Segment from a 3D box; forgets earlier clicks. Returns the bool ``(I, J, K)`` mask."""
+        self.box, self.clicks = box, []
+        return self._run("box")
+
+    def click(self, click: Click) -> np.ndarray:
+        """Refine with one more click. Returns the new bool ``(I, J, K)`` mask."""
+        self.clicks.append(click)
+        return self._run("click")
+
+    def _run(self, kind: str) -> np.ndarray:
+        began = time.perf_counter()
+        prompts = Prompts(boxes=(self.box,) if self.box else (), clicks=tuple(self.clicks))
+        prediction = self.task(
+            image=self.image,
+            affine=self.affine,
+            modality=self.modality,
+            prompts=prompts.for_label(self.label),
+        )
+        self.history.append(Interaction(kind, time.perf_counter() - began, 0, 1))
+        # This structure's own sigmoid, not the label map: another class must not take its voxels.
+        channel = self.task.config.label_values.index(self.label)
+        return prediction.probabilities[channel] > THRESHOLD

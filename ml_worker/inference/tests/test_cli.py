@@ -93,3 +93,14 @@ def test_interactive_eval_writes_the_report(encoded_crop, tmp_path, capsys):
         "encode_per_slice",
     }
     assert summary["latency_s"]["click_cached"]["n"] == len(structure["clicks"])
+
+
+def test_native3d_needs_its_checkpoint(tmp_path, capsys):
+    folder = str(tmp_path)
+    args = ["interactive-eval", "--images", folder, "--labels", folder, "--out", str(tmp_path / "r.json")]
+    assert cli.main([*args, "--model", "native3d"]) == 2
+    assert "--checkpoint is needed with --model native3d" in capsys.readouterr().err
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "a.nii").write_bytes(b"")
+    assert cli.main([*args, "--model", "native3d", "--checkpoint", str(tmp_path / "bad.pt")]) == 2
+    assert "error:" in capsys.readouterr().err

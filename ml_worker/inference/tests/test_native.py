@@ -16,7 +16,13 @@ import torch
 from monai.losses import DiceCELoss
 
 from ml_worker.inference.guidance import BOX, PER_CLASS, POSITIVE, RenderGuidance, source_to_grid
-from ml_worker.inference.native import Native3DTask, Prediction, labels_from_probabilities, presegment
+from ml_worker.inference.native import (
+    Native3DSession,
+    Native3DTask,
+    Prediction,
+    labels_from_probabilities,
+    presegment,
+)
 from ml_worker.inference.prompts import Box2D, Box3D, Click, PromptError, Prompts
 from ml_worker.io.volume import Volume
 from ml_worker.models.native3d import Native3DConfig, save_native3d
@@ -338,3 +344,34 @@ def test_presegment_hippocampus_lands_on_its_grid(shared_data: Path):
     assert prediction.probabilities.shape == (2, *volume.shape)
     assert 0.0 <= prediction.probabilities.min() and prediction.probabilities.max() <= 1.0
     np.testing.assert_array_equal(prediction.affine, nii.affine)
+
+
+# --- interactive session ------------------------------------------------------------------------
+
+
+def test_session_box_then_click_keeps_every_prompt(task: Native3DTask):
+    image, label, sphere, cube = scene(np.random.default_rng(11))
+    session = Native3DSession(task, image=image, affine=np.eye(4), modality="MR", label=1)
+    where = np.argwhere(label == 1)
+    box = Box3D(1, tuple(where.min(0)), tuple(where.max(0)))
+    clicks = (Click(1, sphere, positive=True), Click(1, cube, positive=False))
+    after_box = session.start(box)
+    assert after_box.dtype == bool and after_box.shape == image.shape
+    session.click(clicks[0])
+    after_clicks = session.click(clicks[1])
+    # the same as one call with the box and both clicks: the session forgets nothing
+    direct = task(image=image, affine=np.eye(4), modality="MR", prompts=Prompts(boxes=(box,), clicks=clicks))
+    np.testing.assert_array_equal(after_clicks, direct.probabilities[0] > 0.5)
+    assert [i.kind for i in session.history] == ["box", "click", "click"]
+    session.start(box)
+    assert session.clicks == []  # a new box starts over
+
+
+def test_session_refuses_a_label_outside_the_set_and_a_model_without_prompts(task: Native3DTask):
+    image = np.zeros(ROI, np.float32)
+    with pytest.raises(PromptError, match="label 7 is not in the model's label set"):
+        Native3DSession(task, image=image, affine=np.eye(4), modality="MR", label=7)
+    plain = Native3DConfig(num_classes=1, class_names=("a",), guidance=False, init_filters=8, roi_size=ROI)
+    no_prompts = Native3DTask(network=plain.build(), config=plain, device="cpu")
+    with pytest.raises(PromptError, match="takes no prompts"):
+        Native3DSession(no_prompts, image=image, affine=np.eye(4), modality="MR", label=1)
