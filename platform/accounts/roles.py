@@ -13,12 +13,21 @@ class Role(StrEnum):
 
 
 _READ_STUDIES = ["studies.view_study", "studies.view_series", "studies.view_volume"]
+_READ_ANNOTATION = ["annotation.view_project", "annotation.view_case", "annotation.view_maskversion"]
 
 ROLE_PERMISSIONS: dict[Role, list[str]] = {
-    Role.ANNOTATOR: _READ_STUDIES,
-    Role.REVIEWER: _READ_STUDIES,
+    Role.ANNOTATOR: _READ_STUDIES + _READ_ANNOTATION + ["annotation.annotate_case"],
+    Role.REVIEWER: _READ_STUDIES + _READ_ANNOTATION + ["annotation.review_case"],
     Role.ADMIN: _READ_STUDIES
+    + _READ_ANNOTATION
     + [
+        "annotation.annotate_case",
+        "annotation.review_case",
+        "annotation.release_any_lock",
+        "annotation.view_effort",
+        "annotation.view_auditevent",
+        "annotation.add_project",
+        "annotation.add_case",
         "pacs.view_pacssource",
         "pacs.add_pacssource",
         "pacs.change_pacssource",

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 from common.health import healthz
@@ -15,5 +15,6 @@ urlpatterns = [
     path("worklist/", studies_views.worklist, name="worklist"),
     path("pacs/sources/", pacs_views.source_list, name="pacs-sources"),
     path("pacs/sources/<int:source_id>/sync", pacs_views.source_sync, name="pacs-source-sync"),
+    path("api/", include("annotation.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -26,10 +26,12 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
     "common",
     "accounts",
     "pacs",
     "studies",
+    "annotation",
 ]
 
 MIDDLEWARE = [
@@ -78,6 +80,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+
+# The JSON API: session auth (CSRF enforced), a permission per view, one error shape.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "annotation.errors.api_exception_handler",
+}
+# A case lock lasts this long without a heartbeat; an upload of a mask version at most this many bytes.
+ANNOTATION_LOCK_LEASE_SECONDS = int(os.environ.get("ANNOTATION_LOCK_LEASE_SECONDS", "300"))
+ANNOTATION_MAX_UPLOAD_BYTES = int(os.environ.get("ANNOTATION_MAX_UPLOAD_BYTES", str(64 * 1024 * 1024)))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -12,8 +12,8 @@ CELERY_TASK_QUEUES = [
     for name in ("interactive", "gpu", "train", "cpu")
 ]
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
-# PACS I/O and ingest are CPU work; model tasks will route to interactive/gpu/train.
-CELERY_TASK_ROUTES = {"pacs.tasks.*": {"queue": "cpu"}}
+# PACS I/O, ingest and SEG export are CPU work; model tasks will route to interactive/gpu/train.
+CELERY_TASK_ROUTES = {"pacs.tasks.*": {"queue": "cpu"}, "annotation.tasks.*": {"queue": "cpu"}}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

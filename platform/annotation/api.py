@@ -1,0 +1,512 @@
+"""The JSON API of annotation work (/api/...): one APIView per operation, session auth with CSRF, and a
+Django permission per view (granted per role in accounts.roles) checked on every request.
+
+Errors come back as ``{"message": ..., "extra": {...}}`` (annotation.errors.api_exception_handler).
+How label maps travel is in annotation.masks.
+
+The interactive (model-assisted) endpoint is not here yet: it will be ``CaseInteractiveApi``
+(POST cases/<id>/interactive/, permission ``annotation.annotate_case``) taking a box or clicks, sending
+ids and paths through the Celery queue ``interactive`` to ml_worker, and returning the mask for the class.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from django.conf import settings
+from django.http import FileResponse, Http404, HttpResponseNotModified
+from rest_framework import serializers, status
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.schemas.openapi import AutoSchema
+from rest_framework.views import APIView
+
+from annotation import selectors, services
+from annotation.errors import PayloadTooLargeError
+from annotation.masks import delta_parse, labelmap_decode, volume_gzip_path
+from annotation.models import Case, MaskVersion, Review
+from common.exceptions import ApplicationError
+from common.media import media_path
+
+
+class RequiredPermission(BasePermission):
+    """Signed in and holding the view's ``permission``. Anonymous requests get 403 (session auth)."""
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user and request.user.is_authenticated and request.user.has_perm(view.permission))
+
+
+class ApiSchema(AutoSchema):
+    """OpenAPI from the nested Input/Filter/OutputSerializer of each view, named after the view."""
+
+    def _name(self) -> str:
+        return type(self.view).__name__.removesuffix("Api")
+
+    def get_operation_id(self, path, method) -> str:
+        name = self._name()
+        return name[0].lower() + name[1:]
+
+    def get_component_name(self, serializer) -> str:
+        return self._name() + type(serializer).__name__.removesuffix("Serializer")
+
+    def get_request_serializer(self, path, method):
+        cls = getattr(self.view, "InputSerializer", None)
+        return cls() if cls else None
+
+    def get_response_serializer(self, path, method):
+        cls = getattr(self.view, "OutputSerializer", None)
+        return cls() if cls else None
+
+    def get_responses(self, path, method) -> dict:
+        ok = str(self.view.success_status)
+        return {
+            ok if code in ("200", "201") else code: body
+            for code, body in super().get_responses(path, method).items()
+        }
+
+    def get_filter_parameters(self, path, method) -> list[dict]:
+        cls = getattr(self.view, "FilterSerializer", None)
+        if cls is None:
+            return []
+        return [
+            {"name": name, "in": "query", "required": field.required, "schema": self.map_field(field)}
+            for name, field in cls().fields.items()
+        ]
+
+
+class Api(APIView):
+    permission_classes = [RequiredPermission]
+    permission: ClassVar[str]
+    success_status: ClassVar[int] = status.HTTP_200_OK
+    schema = ApiSchema()
+    action = "call"  # not "list": DRF's schema then describes the output as one object
+
+
+def _get(getter, **kwargs):
+    found = getter(**kwargs)
+    if found is None:
+        raise Http404
+    return found
+
+
+# ---- serializers shared by several views -------------------------------------------------------------
+
+
+class LabelSerializer(serializers.Serializer):
+    value = serializers.IntegerField(min_value=1, max_value=255)
+    name = serializers.CharField(max_length=64)
+    colour = serializers.RegexField(r"^#[0-9a-fA-F]{6}$")
+
+
+class ProjectSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    modality = serializers.CharField()
+    interactive_model = serializers.CharField()
+    n_cases = serializers.IntegerField()
+    labels = LabelSerializer(many=True)
+
+
+class LockSerializer(serializers.Serializer):
+    holder = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+
+
+class VolumeSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    shape = serializers.ListField(child=serializers.IntegerField())
+    spacing = serializers.ListField(child=serializers.FloatField())
+    modality = serializers.CharField(source="series.modality")
+    series_description = serializers.CharField(source="series.description")
+    study_description = serializers.CharField(source="series.study.description")
+    study_date = serializers.DateField(source="series.study.study_date")
+
+
+class CaseSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    project = serializers.IntegerField(source="project_id")
+    status = serializers.CharField()
+    split = serializers.CharField()
+    score = serializers.FloatField()
+    score_reason = serializers.CharField()
+    score_model = serializers.CharField()
+    score_version = serializers.CharField()
+    assignee = serializers.CharField(source="assignee.username", default=None)
+    lock = serializers.SerializerMethodField()
+    volume = VolumeSerializer()
+    updated_at = serializers.DateTimeField()
+
+    def get_lock(self, case: Case) -> dict | None:
+        held = selectors.active_lock_holder(case)
+        return None if held is None else {"holder": held[0], "expires_at": held[1]}
+
+
+class VersionSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    number = serializers.IntegerField()
+    parent = serializers.IntegerField(source="parent_id")
+    author = serializers.CharField(source="author.username", default=None)
+    source = serializers.CharField()
+    model_version = serializers.CharField()
+    sha256 = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    seconds = serializers.FloatField()
+    clicks = serializers.IntegerField()
+    strokes = serializers.IntegerField()
+    model_calls = serializers.IntegerField()
+
+
+class ReviewSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    version = serializers.IntegerField(source="version_id")
+    reviewer = serializers.CharField(source="reviewer.username")
+    decision = serializers.CharField()
+    comment = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    export_status = serializers.CharField()
+    export_error = serializers.CharField()
+    seg_series_instance_uid = serializers.CharField()
+    seg_sop_instance_uid = serializers.CharField()
+
+
+class EffortSerializer(serializers.Serializer):
+    seconds = serializers.FloatField(min_value=0, max_value=7 * 24 * 3600, default=0.0)
+    clicks = serializers.IntegerField(min_value=0, default=0)
+    strokes = serializers.IntegerField(min_value=0, default=0)
+    model_calls = serializers.IntegerField(min_value=0, default=0)
+
+
+def _case(case_id: int) -> Case:
+    return _get(selectors.case_get, case_id=case_id)
+
+
+def _version(case: Case, version_id: int | None) -> MaskVersion | None:
+    if version_id is None:
+        return None
+    version = selectors.version_get(version_id=version_id)
+    if version is None or version.case_id != case.id:
+        raise ApplicationError(f"Version {version_id} is not a version of case {case.id}.")
+    return version
+
+
+# ---- projects -----------------------------------------------------------------------------------------
+
+
+class ProjectListApi(Api):
+    permission = "annotation.view_project"
+    action = "list"
+    OutputSerializer = ProjectSerializer
+
+    def get(self, request):
+        return Response(ProjectSerializer(selectors.project_list(), many=True).data)
+
+
+class ProjectDetailApi(Api):
+    permission = "annotation.view_project"
+    OutputSerializer = ProjectSerializer
+
+    def get(self, request, project_id: int):
+        return Response(ProjectSerializer(_get(selectors.project_get, project_id=project_id)).data)
+
+
+class ProjectCreateApi(Api):
+    permission = "annotation.add_project"
+    success_status = status.HTTP_201_CREATED
+    OutputSerializer = ProjectSerializer
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+        description = serializers.CharField(required=False, default="", allow_blank=True)
+        modality = serializers.CharField(max_length=16, required=False, default="", allow_blank=True)
+        interactive_model = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
+        labels = LabelSerializer(many=True)
+
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        labels = [services.LabelSpec(**label) for label in data.validated_data.pop("labels")]
+        project = services.project_create(labels=labels, user=request.user, **data.validated_data)
+        return Response(
+            ProjectSerializer(selectors.project_get(project_id=project.id)).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class ProjectVolumesAddApi(Api):
+    permission = "annotation.add_case"
+
+    class InputSerializer(serializers.Serializer):
+        volume_ids = serializers.ListField(child=serializers.IntegerField(), max_length=100_000)
+
+    class OutputSerializer(serializers.Serializer):
+        added = serializers.IntegerField()
+
+    def post(self, request, project_id: int):
+        project = _get(selectors.project_get, project_id=project_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        ids = set(data.validated_data["volume_ids"])
+        volumes = selectors.volumes_by_id(volume_ids=ids)
+        missing = sorted(ids - set(volumes))
+        if missing:
+            raise ApplicationError(f"No volumes with ids {missing[:20]}.", extra={"missing": missing})
+        added = services.project_volumes_add(project=project, volumes=volumes.values(), user=request.user)
+        return Response({"added": added})
+
+
+class WorklistApi(Api):
+    permission = "annotation.view_case"
+
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Case.Status.values, required=False, default="")
+        modality = serializers.CharField(required=False, default="")
+        assignee = serializers.CharField(required=False, default="", help_text="me, none or a username")
+        cursor = serializers.CharField(required=False, default="")
+        limit = serializers.IntegerField(min_value=1, max_value=200, required=False, default=50)
+
+    class OutputSerializer(serializers.Serializer):
+        results = CaseSerializer(many=True)
+        next_cursor = serializers.CharField(allow_null=True)
+
+    def get(self, request, project_id: int):
+        project = _get(selectors.project_get, project_id=project_id)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        page = selectors.worklist(project=project, user=request.user, **filters.validated_data)
+        return Response(self.OutputSerializer({"results": page.cases, "next_cursor": page.next_cursor}).data)
+
+
+class NextCaseApi(Api):
+    """Take the highest-scored free case; 204 when none is left."""
+
+    permission = "annotation.annotate_case"
+    OutputSerializer = CaseSerializer
+
+    def post(self, request, project_id: int):
+        project = _get(selectors.project_get, project_id=project_id)
+        case = services.next_case_take(project=project, user=request.user)
+        if case is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(CaseSerializer(selectors.case_detail(case_id=case.id)).data)
+
+
+class EffortSummaryApi(Api):
+    permission = "annotation.view_effort"
+
+    class FilterSerializer(serializers.Serializer):
+        after = serializers.IntegerField(min_value=0, required=False, default=0)
+
+    def get(self, request, project_id: int):
+        project = _get(selectors.project_get, project_id=project_id)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        return Response(selectors.effort_summary(project=project, after_id=filters.validated_data["after"]))
+
+
+# ---- cases ----------------------------------------------------------------------------------------------
+
+
+class CaseDetailApi(Api):
+    permission = "annotation.view_case"
+
+    class OutputSerializer(CaseSerializer):
+        versions = VersionSerializer(many=True)
+        reviews = ReviewSerializer(many=True)
+
+    def get(self, request, case_id: int):
+        return Response(self.OutputSerializer(_get(selectors.case_detail, case_id=case_id)).data)
+
+
+class _LockApi(Api):
+    permission = "annotation.annotate_case"
+    OutputSerializer = LockSerializer
+
+    def _lock(self, lock) -> Response:
+        return Response({"holder": lock.user.username, "expires_at": lock.expires_at})
+
+
+class CaseTakeApi(_LockApi):
+    def post(self, request, case_id: int):
+        return self._lock(services.case_take(case=_case(case_id), user=request.user))
+
+
+class CaseHeartbeatApi(_LockApi):
+    def post(self, request, case_id: int):
+        return self._lock(services.case_heartbeat(case=_case(case_id), user=request.user))
+
+
+class CaseReleaseApi(Api):
+    """The holder releases; an admin may release anyone's lock."""
+
+    permission = "annotation.annotate_case"
+    success_status = status.HTTP_204_NO_CONTENT
+
+    def post(self, request, case_id: int):
+        services.case_release(case=_case(case_id), user=request.user)
+        return Response(status=self.success_status)
+
+
+def _file(path, *, etag: str, filename: str, cache_control: str, request):
+    etag = f'"{etag}"'
+    if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+        response = HttpResponseNotModified()
+    else:
+        response = FileResponse(open(path, "rb"), content_type="application/gzip", filename=filename)
+    response["ETag"] = etag
+    response["Cache-Control"] = cache_control
+    return response
+
+
+class CaseImageApi(Api):
+    """The case's volume as gzipped NIfTI-1 (what NiiVue loads), revalidated by ETag (its SHA-256)."""
+
+    permission = "annotation.view_case"
+
+    def get(self, request, case_id: int):
+        volume = _case(case_id).volume
+        return _file(
+            volume_gzip_path(volume.path),
+            etag=volume.sha256,
+            filename=f"case-{case_id}.nii.gz",
+            cache_control="private, no-cache",
+            request=request,
+        )
+
+
+class CaseSubmitApi(Api):
+    permission = "annotation.annotate_case"
+    OutputSerializer = CaseSerializer
+
+    class InputSerializer(serializers.Serializer):
+        version = serializers.IntegerField()
+
+    def post(self, request, case_id: int):
+        case = _case(case_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = _version(case, data.validated_data["version"])
+        services.case_submit(case=case, user=request.user, version=version)
+        return Response(CaseSerializer(selectors.case_detail(case_id=case.id)).data)
+
+
+class CaseReviewApi(Api):
+    permission = "annotation.review_case"
+    success_status = status.HTTP_201_CREATED
+    OutputSerializer = ReviewSerializer
+
+    class InputSerializer(serializers.Serializer):
+        version = serializers.IntegerField()
+        decision = serializers.ChoiceField(choices=Review.Decision.values)
+        comment = serializers.CharField(required=False, default="", allow_blank=True)
+
+    def post(self, request, case_id: int):
+        case = _case(case_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        review = services.case_review(
+            case=case,
+            user=request.user,
+            version=_version(case, data.validated_data["version"]),
+            decision=data.validated_data["decision"],
+            comment=data.validated_data["comment"],
+        )
+        return Response(ReviewSerializer(review).data, status=self.success_status)
+
+
+# ---- versions -------------------------------------------------------------------------------------------
+
+
+class VersionListApi(Api):
+    permission = "annotation.view_maskversion"
+    action = "list"
+    OutputSerializer = VersionSerializer
+
+    def get(self, request, case_id: int):
+        return Response(VersionSerializer(selectors.version_list(case=_case(case_id)), many=True).data)
+
+
+class VersionCreateApi(Api):
+    """Save a version on top of ``parent`` (the head you loaded; null for the first). 409 with the head
+    when it is not the head any more; 413 when the body is over ANNOTATION_MAX_UPLOAD_BYTES."""
+
+    permission = "annotation.annotate_case"
+    success_status = status.HTTP_201_CREATED
+    OutputSerializer = VersionSerializer
+
+    class InputSerializer(serializers.Serializer):
+        parent = serializers.IntegerField(allow_null=True)
+        labelmap = serializers.CharField(required=False, help_text="base64(gzip(uint8 voxels, NIfTI order))")
+        delta = serializers.JSONField(required=False, help_text="[[start, length, value], ...] on the parent")
+        effort = EffortSerializer(required=False)
+
+    def post(self, request, case_id: int):
+        length = int(request.headers.get("Content-Length") or 0)
+        if length > settings.ANNOTATION_MAX_UPLOAD_BYTES:
+            raise PayloadTooLargeError(
+                f"The upload is {length} bytes; at most {settings.ANNOTATION_MAX_UPLOAD_BYTES} are accepted. "
+                "Send a delta, or compress the label map."
+            )
+        case = _case(case_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        body = data.validated_data
+        if ("labelmap" in body) == ("delta" in body):
+            raise ApplicationError("Send either 'labelmap' or 'delta'.")
+        shape = tuple(case.volume.shape)
+        mask = labelmap_decode(body["labelmap"], shape=shape) if "labelmap" in body else None
+        delta = delta_parse(body["delta"], size=int(np.prod(shape))) if "delta" in body else None
+        version = services.mask_version_create(
+            case=case,
+            user=request.user,
+            parent=_version(case, body["parent"]),
+            mask=mask,
+            delta=delta,
+            effort=services.Effort(**body.get("effort", {})),
+        )
+        return Response(VersionSerializer(version).data, status=self.success_status)
+
+
+class VersionMaskApi(Api):
+    """A version's label map as gzipped NIfTI-1 uint8; immutable, so cached for good."""
+
+    permission = "annotation.view_maskversion"
+
+    def get(self, request, version_id: int):
+        version = _get(selectors.version_get, version_id=version_id)
+        return _file(
+            media_path(version.path),
+            etag=version.sha256,
+            filename=f"case-{version.case_id}-v{version.number}.nii.gz",
+            cache_control="private, max-age=31536000, immutable",
+            request=request,
+        )
+
+
+# ---- audit ----------------------------------------------------------------------------------------------
+
+
+class AuditListApi(Api):
+    permission = "annotation.view_auditevent"
+    action = "list"
+
+    class FilterSerializer(serializers.Serializer):
+        object_type = serializers.CharField(required=False, default="", help_text="e.g. annotation.case")
+        object_id = serializers.CharField(required=False, default="")
+        before_id = serializers.IntegerField(required=False, default=None, allow_null=True)
+        limit = serializers.IntegerField(min_value=1, max_value=500, required=False, default=100)
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        at = serializers.DateTimeField()
+        actor = serializers.CharField(source="actor.username", default=None)
+        action = serializers.CharField()
+        object_type = serializers.CharField()
+        object_id = serializers.CharField()
+        details = serializers.JSONField()
+
+    def get(self, request):
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        return Response(self.OutputSerializer(selectors.audit_list(**filters.validated_data), many=True).data)

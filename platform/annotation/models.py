@@ -1,0 +1,202 @@
+"""Projects, their cases (a volume to annotate), locks, immutable mask versions, reviews and the audit log.
+
+Writes go through annotation.services; reads through annotation.selectors.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Project(models.Model):
+    """A label set applied to a pool of volumes. ``interactive_model`` names the promptable model the
+    interactive endpoint uses (an ml_worker registry name)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    modality = models.CharField(max_length=16, blank=True, help_text="Expected modality, e.g. MR or CT")
+    interactive_model = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LabelClass(models.Model):
+    """One value of the project's label maps (0 is background and is never a class)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="labels")
+    value = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=64)
+    colour = models.CharField(max_length=7, help_text="#rrggbb")
+
+    class Meta:
+        ordering = ["project_id", "value"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "value"], name="label_value_unique_per_project"),
+            models.UniqueConstraint(fields=["project", "name"], name="label_name_unique_per_project"),
+            models.CheckConstraint(condition=Q(value__gte=1, value__lte=255), name="label_value_1_255"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.value}: {self.name}"
+
+
+class Case(models.Model):
+    """A volume in a project: its place in the worklist (active-learning score), its state and split.
+
+    ``assignee`` is the annotator whose work it is (set on take; a rejected case keeps it). ``split`` is
+    drawn once from the volume's identity when the case is created and never changes.
+    """
+
+    class Status(models.TextChoices):
+        NEW = "new", "new"
+        IN_PROGRESS = "in_progress", "in progress"
+        SUBMITTED = "submitted", "submitted"
+        APPROVED = "approved", "approved"
+        REJECTED = "rejected", "rejected"
+
+    class Split(models.TextChoices):
+        TRAIN = "train", "train"
+        VALIDATION = "validation", "validation"
+        TEST = "test", "test"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="cases")
+    volume = models.ForeignKey("studies.Volume", on_delete=models.PROTECT, related_name="cases")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
+    split = models.CharField(max_length=16, choices=Split.choices)
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    score = models.FloatField(default=0.0, help_text="Active-learning score: higher comes first")
+    score_reason = models.TextField(blank=True)
+    score_model = models.CharField(max_length=64, blank=True, help_text="Empty: not scored yet")
+    score_version = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-score", "-id"]
+        constraints = [models.UniqueConstraint(fields=["project", "volume"], name="case_unique_volume")]
+        # The worklist walks this index in order: (score, id) keyset pages of one project.
+        indexes = [
+            models.Index(
+                models.F("project"), models.F("score").desc(), models.F("id").desc(), name="case_worklist"
+            )
+        ]
+        permissions = [
+            ("annotate_case", "Can take, edit and submit cases"),
+            ("review_case", "Can approve or reject submitted cases"),
+            ("release_any_lock", "Can release a lock someone else holds"),
+            ("view_effort", "Can see annotation effort per case"),
+        ]
+
+    def __str__(self) -> str:
+        return f"case {self.pk} ({self.project})"
+
+
+class CaseLock(models.Model):
+    """A lease on a case for one user. One row per case at most (the DB enforces it); a row whose
+    ``expires_at`` has passed counts as free and is replaced by the next take."""
+
+    case = models.OneToOneField(Case, on_delete=models.CASCADE, related_name="lock")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    taken_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.case} held by {self.user} until {self.expires_at:%Y-%m-%d %H:%M:%S}"
+
+
+class MaskVersion(models.Model):
+    """One immutable state of a case's label map. Versions form a chain: each has the previous head as
+    its parent (the DB refuses two children of one parent). Version 0 is the pre-segmentation.
+
+    The file is a gzipped NIfTI-1 uint8 label map on the volume's grid, named by the SHA-256 of its
+    uncompressed bytes under MEDIA_ROOT/masks/. Effort fields count the work since the parent.
+    """
+
+    class Source(models.TextChoices):
+        MODEL = "model", "model"
+        HUMAN = "human", "human"
+        EDITED = "edited", "edited model output"
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    parent = models.OneToOneField(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="child"
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    source = models.CharField(max_length=8, choices=Source.choices)
+    model_version = models.CharField(max_length=64, blank=True, help_text="The model, for source=model")
+    path = models.CharField(max_length=255, help_text="Relative to MEDIA_ROOT")
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    seconds = models.FloatField(default=0.0)
+    clicks = models.PositiveIntegerField(default=0)
+    strokes = models.PositiveIntegerField(default=0)
+    model_calls = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["case_id", "number"]
+        constraints = [models.UniqueConstraint(fields=["case", "number"], name="version_number_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.case} v{self.number}"
+
+
+class Review(models.Model):
+    """A reviewer's decision on a submitted version; an approval also exports it as DICOM SEG."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "approve"
+        REJECT = "reject", "reject"
+
+    class Export(models.TextChoices):
+        NONE = "", "not exported"
+        PENDING = "pending", "pending"
+        DONE = "done", "in the PACS"
+        FAILED = "failed", "failed"
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="reviews")
+    version = models.ForeignKey(MaskVersion, on_delete=models.PROTECT, related_name="reviews")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    export_status = models.CharField(max_length=8, choices=Export.choices, blank=True)
+    export_error = models.TextField(blank=True)
+    seg_series_instance_uid = models.CharField(max_length=64, blank=True)
+    seg_sop_instance_uid = models.CharField(max_length=64, blank=True)
+    exported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["case_id", "created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.decision} {self.version}"
+
+
+class AuditEvent(models.Model):
+    """Who did what to which object. ``actor`` is empty for the system (a model, a task)."""
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    action = models.CharField(max_length=32)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64)
+    at = models.DateTimeField(auto_now_add=True)
+    details = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_type} {self.object_id}"

@@ -1,0 +1,215 @@
+"""Reads on projects, cases, versions, effort and the audit log."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.utils import timezone
+
+from accounts.models import User
+from annotation.models import AuditEvent, Case, MaskVersion, Project, Review
+from common.exceptions import ApplicationError
+from studies.models import Volume
+
+# Worklist rows need the series/study header fields, never a volume's per-slice UID lists.
+_WORKLIST_FIELDS = (
+    "id",
+    "project_id",
+    "status",
+    "split",
+    "score",
+    "score_reason",
+    "score_model",
+    "score_version",
+    "updated_at",
+    "assignee__username",
+    "lock__user__username",
+    "lock__expires_at",
+    "volume__id",
+    "volume__shape",
+    "volume__spacing",
+    "volume__series__modality",
+    "volume__series__description",
+    "volume__series__study__description",
+    "volume__series__study__study_date",
+)
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    cases: list[Case]
+    next_cursor: str | None
+
+
+def project_list() -> QuerySet[Project]:
+    return Project.objects.prefetch_related("labels").annotate(n_cases=Count("cases"))
+
+
+def project_get(*, project_id: int) -> Project | None:
+    return project_list().filter(pk=project_id).first()
+
+
+def cursor_encode(case: Case) -> str:
+    """The cursor of the page that starts after ``case``."""
+    return base64.urlsafe_b64encode(f"{case.score!r}:{case.id}".encode()).decode()
+
+
+def _cursor_decode(cursor: str) -> tuple[float, int]:
+    try:
+        score, case_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":")
+        return float(score), int(case_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ApplicationError("The cursor is not one this worklist gave out.") from exc
+
+
+def volumes_by_id(*, volume_ids: Iterable[int]) -> dict[int, Volume]:
+    return Volume.objects.select_related("series").in_bulk(list(volume_ids))
+
+
+def worklist_query(
+    *,
+    project: Project,
+    user: User,
+    status: str = "",
+    modality: str = "",
+    assignee: str = "",
+    cursor: str = "",
+) -> QuerySet[Case]:
+    """The worklist's cases in page order (see :func:`worklist`), from ``cursor`` on."""
+    qs = Case.objects.filter(project=project)
+    if status:
+        if status not in Case.Status.values:
+            raise ApplicationError(f"Unknown status '{status}'; one of {Case.Status.values}.")
+        qs = qs.filter(status=status)
+    if modality:
+        qs = qs.filter(volume__series__modality=modality)
+    if assignee == "me":
+        qs = qs.filter(assignee=user)
+    elif assignee == "none":
+        qs = qs.filter(assignee__isnull=True)
+    elif assignee:
+        qs = qs.filter(assignee__username=assignee)
+    if cursor:
+        score, case_id = _cursor_decode(cursor)
+        # The first condition bounds the index range; the second resolves ties on the score.
+        qs = qs.filter(score__lte=score).filter(Q(score__lt=score) | Q(id__lt=case_id))
+    return (
+        qs.select_related("assignee", "lock__user", "volume__series__study")
+        .only(*_WORKLIST_FIELDS)
+        .order_by("-score", "-id")
+    )
+
+
+def worklist(
+    *,
+    project: Project,
+    user: User,
+    status: str = "",
+    modality: str = "",
+    assignee: str = "",
+    cursor: str = "",
+    limit: int = 50,
+) -> WorklistPage:
+    """One page of the project's cases, highest active-learning score first (ties: newest first).
+
+    ``assignee``: ``me``, ``none`` or a username. ``cursor`` is the ``next_cursor`` of the previous page;
+    pages are keyset-based on (score, id), so they cost the same at any depth and a case is never shown
+    twice nor skipped when others change status between pages.
+    """
+    qs = worklist_query(
+        project=project, user=user, status=status, modality=modality, assignee=assignee, cursor=cursor
+    )
+    rows = list(qs[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return WorklistPage(cases=rows, next_cursor=cursor_encode(rows[-1]) if more else None)
+
+
+def case_get(*, case_id: int) -> Case | None:
+    return (
+        Case.objects.select_related("project", "volume__series__study", "assignee").filter(pk=case_id).first()
+    )
+
+
+def case_detail(*, case_id: int) -> Case | None:
+    """A case with its lock, versions (oldest first) and reviews."""
+    return (
+        Case.objects.select_related("project", "volume__series__study", "assignee", "lock__user")
+        .prefetch_related(
+            "project__labels",
+            Prefetch("versions", MaskVersion.objects.select_related("author").order_by("number")),
+            Prefetch("reviews", Review.objects.select_related("reviewer").order_by("created_at", "id")),
+        )
+        .filter(pk=case_id)
+        .first()
+    )
+
+
+def active_lock_holder(case: Case) -> tuple[str, str] | None:
+    """(username, expires_at ISO) of an unexpired lock on ``case`` (loaded with ``lock__user``), else None."""
+    lock = getattr(case, "lock", None)
+    if lock is None or lock.expires_at <= timezone.now():
+        return None
+    return lock.user.username, lock.expires_at.isoformat()
+
+
+def version_list(*, case: Case) -> QuerySet[MaskVersion]:
+    return MaskVersion.objects.filter(case=case).select_related("author").order_by("number")
+
+
+def version_get(*, version_id: int) -> MaskVersion | None:
+    return MaskVersion.objects.select_related("case").filter(pk=version_id).first()
+
+
+_EFFORT = dict(
+    n_versions=Count("versions"),
+    seconds=Sum("versions__seconds"),
+    clicks=Sum("versions__clicks"),
+    strokes=Sum("versions__strokes"),
+    model_calls=Sum("versions__model_calls"),
+)
+
+
+def effort_summary(*, project: Project, after_id: int = 0, limit: int = 200) -> dict:
+    """Effort per case (cases with at least one version, by id, ``limit`` from ``after_id``) and for the
+    whole project. ``approved_unedited`` counts approved cases whose approved mask is the model's."""
+    cases = list(
+        Case.objects.filter(project=project, id__gt=after_id)
+        .annotate(**_EFFORT)
+        .filter(n_versions__gt=0)
+        .values("id", "status", "assignee__username", *_EFFORT)
+        .order_by("id")[:limit]
+    )
+    versions = MaskVersion.objects.filter(case__project=project)
+    totals = versions.aggregate(
+        seconds=Sum("seconds"), clicks=Sum("clicks"), strokes=Sum("strokes"), model_calls=Sum("model_calls")
+    )
+    approvals = Review.objects.filter(case__project=project, decision=Review.Decision.APPROVE)
+    return {
+        "cases": cases,
+        "next_after": cases[-1]["id"] if len(cases) == limit else None,
+        "totals": {k: v or 0 for k, v in totals.items()}
+        | {
+            "versions_by_source": dict(versions.values_list("source").annotate(n=Count("id")).order_by()),
+            "approved": approvals.count(),
+            "approved_unedited": approvals.filter(version__source=MaskVersion.Source.MODEL).count(),
+        },
+    }
+
+
+def audit_list(
+    *, object_type: str = "", object_id: str = "", before_id: int | None = None, limit: int = 100
+) -> list[AuditEvent]:
+    """Newest first; ``before_id`` pages back."""
+    qs = AuditEvent.objects.select_related("actor")
+    if object_type:
+        qs = qs.filter(object_type=object_type)
+    if object_id:
+        qs = qs.filter(object_id=object_id)
+    if before_id is not None:
+        qs = qs.filter(id__lt=before_id)
+    return list(qs.order_by("-id")[:limit])

@@ -1,0 +1,496 @@
+"""Writes on projects, cases, locks, mask versions and reviews. Each checks first, then writes in one
+transaction under the case's row lock, and leaves an audit event; a user's error changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Model, Q
+from django.utils import timezone
+
+from accounts.models import User
+from annotation.errors import CaseLockedError, CaseStateError, StaleVersionError
+from annotation.masks import delta_apply, mask_read, mask_write
+from annotation.models import AuditEvent, Case, CaseLock, LabelClass, MaskVersion, Project, Review
+from common.exceptions import ApplicationError, TransientError
+from studies.models import Volume
+
+# Split fractions by a volume's hash bucket (0..99): train below 70, validation below 85, test above.
+SPLIT_BUCKETS = ((70, Case.Split.TRAIN), (85, Case.Split.VALIDATION), (100, Case.Split.TEST))
+_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    value: int
+    name: str
+    colour: str
+
+
+@dataclass(frozen=True)
+class Effort:
+    """Work since the parent version, as the client counted it."""
+
+    seconds: float = 0.0
+    clicks: int = 0
+    strokes: int = 0
+    model_calls: int = 0
+
+
+@dataclass(frozen=True)
+class CaseScore:
+    case_id: int
+    score: float
+    reason: str = ""
+
+
+def audit_event(*, actor: User | None, action: str, obj: Model, **details) -> AuditEvent:
+    return AuditEvent.objects.create(
+        actor=actor, action=action, object_type=obj._meta.label_lower, object_id=str(obj.pk), details=details
+    )
+
+
+@transaction.atomic
+def project_create(
+    *,
+    name: str,
+    labels: Sequence[LabelSpec],
+    user: User | None,
+    modality: str = "",
+    description: str = "",
+    interactive_model: str = "",
+) -> Project:
+    name = name.strip()
+    if not name:
+        raise ApplicationError("A project needs a name.")
+    if Project.objects.filter(name=name).exists():
+        raise ApplicationError(f"A project named '{name}' exists already.")
+    if not labels:
+        raise ApplicationError("A project needs at least one label class.")
+    values = [label.value for label in labels]
+    names = [label.name.strip() for label in labels]
+    if any(not 1 <= v <= 255 for v in values) or len(set(values)) != len(values):
+        raise ApplicationError(
+            f"Label values must be unique and between 1 and 255 (0 is background), got {values}."
+        )
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ApplicationError(f"Label names must be unique and not empty, got {names}.")
+    bad = [label.colour for label in labels if not _COLOUR.match(label.colour)]
+    if bad:
+        raise ApplicationError(f"Colours are written #rrggbb, got {bad}.")
+    project = Project.objects.create(
+        name=name, modality=modality, description=description, interactive_model=interactive_model
+    )
+    LabelClass.objects.bulk_create(
+        LabelClass(project=project, value=s.value, name=n, colour=s.colour.lower())
+        for s, n in zip(labels, names, strict=True)
+    )
+    audit_event(actor=user, action="project.create", obj=project, labels=[asdict(s) for s in labels])
+    return project
+
+
+def split_for(*, series_instance_uid: str, index: int) -> str:
+    """The split of a volume: a pure function of its identity, so it is the same in every project and
+    on every run (never re-drawn)."""
+    bucket = int(hashlib.sha256(f"{series_instance_uid}/{index}".encode()).hexdigest(), 16) % 100
+    return next(split for upper, split in SPLIT_BUCKETS if bucket < upper)
+
+
+@transaction.atomic
+def project_volumes_add(*, project: Project, volumes: Iterable[Volume], user: User | None) -> int:
+    """Add volumes to a project as new cases (volumes already in it are left alone); returns how many
+    were added."""
+    volumes = list(volumes)
+    present = set(
+        Case.objects.filter(project=project, volume__in=volumes).values_list("volume_id", flat=True)
+    )
+    new = [
+        Case(
+            project=project,
+            volume=v,
+            split=split_for(series_instance_uid=v.series.series_instance_uid, index=v.index),
+        )
+        for v in volumes
+        if v.id not in present
+    ]
+    Case.objects.bulk_create(new, ignore_conflicts=True)
+    if new:
+        audit_event(
+            actor=user, action="project.add_volumes", obj=project, volume_ids=[c.volume_id for c in new]
+        )
+    return len(new)
+
+
+@transaction.atomic
+def case_scores_set(*, project: Project, scores: Sequence[CaseScore], model: str, version: str) -> int:
+    """Record the active-learning scores of one scoring run (the worklist order)."""
+    cases = Case.objects.in_bulk([s.case_id for s in scores])
+    updated = []
+    for s in scores:
+        case = cases.get(s.case_id)
+        if case is None or case.project_id != project.id:
+            raise ApplicationError(f"Case {s.case_id} is not in project '{project.name}'.")
+        case.score, case.score_reason, case.score_model, case.score_version = (
+            s.score,
+            s.reason,
+            model,
+            version,
+        )
+        updated.append(case)
+    Case.objects.bulk_update(
+        updated, ["score", "score_reason", "score_model", "score_version"], batch_size=1000
+    )
+    audit_event(
+        actor=None, action="project.score", obj=project, model=model, version=version, cases=len(updated)
+    )
+    return len(updated)
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.ANNOTATION_LOCK_LEASE_SECONDS)
+
+
+def _locked_case(case: Case) -> Case:
+    """Re-read the case under its row lock: every write on a case goes through here first."""
+    return Case.objects.select_for_update(of=("self",)).select_related("project", "volume").get(pk=case.pk)
+
+
+def _holding(case: Case, user: User) -> CaseLock:
+    """The caller's lock on the case (renewed), or CaseLockedError. A lease of the caller's that ran out
+    still counts while nobody else has taken the case: saving late loses nothing."""
+    lock = CaseLock.objects.filter(case=case).select_related("user").first()
+    if lock is None:
+        raise CaseLockedError("You do not hold this case (any more): take it again to go on.")
+    if lock.user_id != user.id:
+        raise CaseLockedError(
+            f"{lock.user.username} holds this case now (until {lock.expires_at:%Y-%m-%d %H:%M:%S} UTC).",
+            extra={"holder": lock.user.username, "expires_at": lock.expires_at.isoformat()},
+        )
+    lock.expires_at = timezone.now() + _lease()
+    lock.save(update_fields=["expires_at"])
+    return lock
+
+
+def _editable(case: Case) -> None:
+    if case.status == Case.Status.APPROVED:
+        raise CaseStateError("This case is approved: its mask is frozen.")
+    if case.status == Case.Status.SUBMITTED:
+        raise CaseStateError("This case is submitted and waits for review.")
+
+
+@transaction.atomic
+def case_take(*, case: Case, user: User) -> CaseLock:
+    """Lock the case for ``user`` for one lease (renewing it if they hold it already). Refuses while
+    someone else's lease runs; an expired lease is free to take."""
+    case = _locked_case(case)
+    _editable(case)
+    now = timezone.now()
+    lock = CaseLock.objects.filter(case=case).select_related("user").first()
+    if lock is not None and lock.user_id != user.id and lock.expires_at > now:
+        raise CaseLockedError(
+            f"{lock.user.username} holds this case until {lock.expires_at:%Y-%m-%d %H:%M:%S} UTC.",
+            extra={"holder": lock.user.username, "expires_at": lock.expires_at.isoformat()},
+        )
+    previous = lock.user.username if lock is not None and lock.user_id != user.id else None
+    lock, _ = CaseLock.objects.update_or_create(
+        case=case, defaults={"user": user, "taken_at": now, "expires_at": now + _lease()}
+    )
+    if case.assignee_id != user.id or case.status in (Case.Status.NEW, Case.Status.REJECTED):
+        case.assignee = user
+        case.status = Case.Status.IN_PROGRESS
+        case.save(update_fields=["assignee", "status", "updated_at"])
+    audit_event(actor=user, action="case.take", obj=case, expired_holder=previous)
+    return lock
+
+
+@transaction.atomic
+def case_heartbeat(*, case: Case, user: User) -> CaseLock:
+    """Extend the caller's lease. Not audited: it runs every few seconds per open case."""
+    return _holding(_locked_case(case), user)
+
+
+@transaction.atomic
+def case_release(*, case: Case, user: User) -> None:
+    """Give the case back. Its holder may; so may a user with ``release_any_lock`` (an admin), whoever
+    holds it. Releasing a case nobody holds does nothing."""
+    case = _locked_case(case)
+    lock = CaseLock.objects.filter(case=case).select_related("user").first()
+    if lock is None:
+        return
+    if lock.user_id != user.id and not user.has_perm("annotation.release_any_lock"):
+        raise CaseLockedError(f"{lock.user.username} holds this case; only they or an admin can release it.")
+    lock.delete()
+    audit_event(actor=user, action="case.release", obj=case, holder=lock.user.username)
+
+
+@transaction.atomic
+def next_case_take(*, project: Project, user: User) -> Case | None:
+    """Take the highest-scored case of the project that is free for ``user``: new ones, and the user's
+    own unfinished or rejected ones; never one someone else holds. None when there is none.
+
+    Concurrent callers get different cases: rows another transaction is taking are skipped.
+    """
+    now = timezone.now()
+    candidate = (
+        Case.objects.filter(project=project)
+        .filter(
+            Q(status=Case.Status.NEW)
+            | Q(status__in=[Case.Status.IN_PROGRESS, Case.Status.REJECTED], assignee=user)
+        )
+        .filter(Q(lock__isnull=True) | Q(lock__expires_at__lte=now) | Q(lock__user=user))
+        .order_by("-score", "-id")
+        .select_for_update(skip_locked=True, of=("self",))
+        .first()
+    )
+    if candidate is None:
+        return None
+    case_take(case=candidate, user=user)
+    candidate.refresh_from_db()
+    return candidate
+
+
+def _check_labels(mask: np.ndarray, *, project: Project) -> None:
+    counts = np.bincount(mask.ravel(), minlength=256)
+    allowed = {0, *project.labels.values_list("value", flat=True)}
+    unknown = sorted(set(np.flatnonzero(counts).tolist()) - allowed)
+    if unknown:
+        raise ApplicationError(
+            f"The mask holds values {unknown} that are not classes of this project "
+            f"(known: {sorted(allowed - {0})}; 0 is background).",
+            extra={"unknown_values": unknown},
+        )
+
+
+def _as_labelmap(mask: np.ndarray, *, volume: Volume) -> np.ndarray:
+    mask = np.asarray(mask)
+    if tuple(mask.shape) != tuple(volume.shape):
+        raise ApplicationError(
+            f"The mask is {tuple(mask.shape)} voxels but the volume is {tuple(volume.shape)}."
+        )
+    if mask.dtype.kind not in "uib" or (mask.size and (mask.min() < 0 or mask.max() > 255)):
+        raise ApplicationError(f"A mask holds integer labels 0..255, got dtype {mask.dtype}.")
+    return mask.astype(np.uint8, copy=False)
+
+
+def _head(case: Case) -> MaskVersion | None:
+    return case.versions.order_by("-number").first()
+
+
+def _version_store(
+    *,
+    case: Case,
+    mask: np.ndarray,
+    parent: MaskVersion | None,
+    author: User | None,
+    source: str,
+    effort: Effort,
+    model_version: str = "",
+) -> MaskVersion:
+    """File first, then the row: a write that fails leaves no row behind (and a row never lacks its file)."""
+    _check_labels(mask, project=case.project)
+    path, sha256 = mask_write(mask, affine=np.asarray(case.volume.affine))
+    return MaskVersion.objects.create(
+        case=case,
+        number=0 if parent is None else parent.number + 1,
+        parent=parent,
+        author=author,
+        source=source,
+        model_version=model_version,
+        path=path,
+        sha256=sha256,
+        **asdict(effort),
+    )
+
+
+@transaction.atomic
+def presegmentation_create(*, case: Case, mask: np.ndarray, model_version: str) -> MaskVersion:
+    """Version 0 of a case, from a model. Running it again with the same mask returns the same version."""
+    case = _locked_case(case)
+    mask = _as_labelmap(mask, volume=case.volume)
+    head = _head(case)
+    if head is not None:
+        if head.number == 0 and head.source == MaskVersion.Source.MODEL:
+            _, sha256 = mask_write(mask, affine=np.asarray(case.volume.affine))
+            if sha256 == head.sha256:
+                return head
+        raise CaseStateError(f"Case {case.id} has versions already; a pre-segmentation is only version 0.")
+    version = _version_store(
+        case=case,
+        mask=mask,
+        parent=None,
+        author=None,
+        source=MaskVersion.Source.MODEL,
+        effort=Effort(),
+        model_version=model_version,
+    )
+    audit_event(actor=None, action="version.presegment", obj=version, model_version=model_version)
+    return version
+
+
+@transaction.atomic
+def mask_version_create(
+    *,
+    case: Case,
+    user: User,
+    parent: MaskVersion | None,
+    mask: np.ndarray | None = None,
+    delta: np.ndarray | None = None,
+    effort: Effort = Effort(),
+) -> MaskVersion:
+    """Save the caller's edit as a new version on top of ``parent``, which must be the case's head
+    (else StaleVersionError naming the head: never a silent overwrite). Give either the full ``mask``
+    on the volume's grid or a ``delta`` against the parent (runs from annotation.masks.delta_parse).
+
+    The source is ``edited`` when the chain started from a model or a model helped, else ``human``.
+    """
+    if (mask is None) == (delta is None):
+        raise ApplicationError("Send either a full label map or a delta against the parent, not both.")
+    if min(asdict(effort).values()) < 0:
+        raise ApplicationError(f"Effort counts cannot be negative, got {asdict(effort)}.")
+    case = _locked_case(case)
+    _editable(case)
+    if parent is not None and parent.case_id != case.id:
+        raise ApplicationError(f"Version {parent.id} is not a version of case {case.id}.")
+    head = _head(case)
+    if (parent and parent.id) != (head and head.id):
+        raise StaleVersionError(head)
+    _holding(case, user)
+    if delta is not None:
+        if parent is None:
+            raise ApplicationError("A delta needs a parent version; send the full label map instead.")
+        mask = delta_apply(mask_read(parent.path), delta)
+    mask = _as_labelmap(mask, volume=case.volume)
+    model_helped = effort.model_calls > 0 or (
+        parent is not None and parent.source in (MaskVersion.Source.MODEL, MaskVersion.Source.EDITED)
+    )
+    version = _version_store(
+        case=case,
+        mask=mask,
+        parent=parent,
+        author=user,
+        source=MaskVersion.Source.EDITED if model_helped else MaskVersion.Source.HUMAN,
+        effort=effort,
+    )
+    audit_event(
+        actor=user,
+        action="version.create",
+        obj=version,
+        case=case.id,
+        number=version.number,
+        **asdict(effort),
+    )
+    return version
+
+
+@transaction.atomic
+def case_submit(*, case: Case, user: User, version: MaskVersion) -> Case:
+    """Hand the case to review with ``version``, which must be the head (what the annotator last saw)."""
+    case = _locked_case(case)
+    _editable(case)
+    head = _head(case)
+    if head is None:
+        raise CaseStateError("There is no mask to submit yet: save one first.")
+    if version.id != head.id:
+        raise StaleVersionError(head)
+    lock = _holding(case, user)
+    lock.delete()
+    case.status = Case.Status.SUBMITTED
+    case.save(update_fields=["status", "updated_at"])
+    audit_event(actor=user, action="case.submit", obj=case, version=version.id, number=version.number)
+    return case
+
+
+@transaction.atomic
+def case_review(*, case: Case, user: User, version: MaskVersion, decision: str, comment: str = "") -> Review:
+    """Approve or reject the submitted version. Approval freezes the case and queues its DICOM SEG export
+    (after commit); rejection returns it to its annotator with the comment."""
+    case = _locked_case(case)
+    if case.status != Case.Status.SUBMITTED:
+        raise CaseStateError(
+            f"Only a submitted case can be reviewed; this one is {case.get_status_display()}."
+        )
+    head = _head(case)
+    if version.id != head.id:
+        raise StaleVersionError(head)
+    if decision not in Review.Decision.values:
+        raise ApplicationError(f"A decision is one of {Review.Decision.values}, got '{decision}'.")
+    comment = comment.strip()
+    if decision == Review.Decision.REJECT and not comment:
+        raise ApplicationError("Say why you reject it: the annotator gets your comment.")
+    approve = decision == Review.Decision.APPROVE
+    review = Review.objects.create(
+        case=case,
+        version=version,
+        reviewer=user,
+        decision=decision,
+        comment=comment,
+        export_status=Review.Export.PENDING if approve else Review.Export.NONE,
+    )
+    case.status = Case.Status.APPROVED if approve else Case.Status.REJECTED
+    case.save(update_fields=["status", "updated_at"])
+    audit_event(actor=user, action=f"case.{decision}", obj=case, version=version.id, comment=comment)
+    if approve:
+        from annotation.tasks import review_seg_export
+
+        # robust: a broker outage must not turn a committed approval into an error page; the review
+        # then stays "pending" for the export to be queued again.
+        transaction.on_commit(lambda: review_seg_export.delay(review.id), robust=True)
+    return review
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def review_seg_export(*, review_id: int) -> Review:
+    """Send an approved version to its volume's PACS as DICOM SEG and record the outcome on the review.
+    Safe to run twice (the SEG's UIDs derive from the mask). Raises TransientError to be retried."""
+    from ml_worker.io.seg import SegmentSpec
+    from pacs.services.export import volume_seg_export
+
+    review = Review.objects.select_related(
+        "version", "case__project", "case__volume__series__study__source"
+    ).get(pk=review_id)
+    if review.decision != Review.Decision.APPROVE or review.export_status == Review.Export.DONE:
+        return review
+    case, version = review.case, review.version
+    mask = mask_read(version.path)
+    present = set(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist())
+    labels = [label for label in case.project.labels.all() if label.value in present] or list(
+        case.project.labels.all()
+    )
+    segments = [SegmentSpec(label=label.value, name=label.name, rgb=_rgb(label.colour)) for label in labels]
+    try:
+        export = volume_seg_export(
+            volume=case.volume,
+            mask=mask,
+            segments=segments,
+            series_description=f"{case.project.name} v{version.number}"[:64],
+        )
+    except TransientError as exc:
+        Review.objects.filter(pk=review.pk).update(export_error=f"{exc.message} (will retry)")
+        raise
+    except ApplicationError as exc:
+        Review.objects.filter(pk=review.pk).update(
+            export_status=Review.Export.FAILED, export_error=exc.message
+        )
+        audit_event(actor=None, action="review.export_failed", obj=review, error=exc.message)
+        review.refresh_from_db()
+        return review
+    Review.objects.filter(pk=review.pk).update(
+        export_status=Review.Export.DONE,
+        export_error="",
+        seg_series_instance_uid=export.series_instance_uid,
+        seg_sop_instance_uid=export.sop_instance_uid,
+        exported_at=timezone.now(),
+    )
+    audit_event(actor=None, action="review.export", obj=review, sop_instance_uid=export.sop_instance_uid)
+    review.refresh_from_db()
+    return review

@@ -1,0 +1,96 @@
+"""Submit and review: submit hands the head to review and frees the lock; approval freezes the case and
+queues the DICOM SEG export after commit; rejection returns the case to its annotator with the comment."""
+
+from __future__ import annotations
+
+import pytest
+
+from annotation import tasks
+from annotation.errors import CaseStateError, StaleVersionError
+from annotation.models import Case, CaseLock, Review
+from annotation.services import case_review, case_submit, case_take, next_case_take, review_seg_export
+from annotation.tests.helpers import save
+from annotator.celery import app
+from common.exceptions import ApplicationError
+from pacs.dicomweb import PacsUnavailable
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def submitted(case, users):
+    case_take(case=case, user=users["annotator"])
+    v0 = save(case, users["annotator"], None)
+    v1 = save(case, users["annotator"], v0)
+    case_submit(case=case, user=users["annotator"], version=v1)
+    return case, v1
+
+
+def test_submit_needs_the_head_and_frees_the_lock(case, users):
+    case_take(case=case, user=users["annotator"])
+    with pytest.raises(CaseStateError, match="no mask to submit"):
+        case_submit(case=case, user=users["annotator"], version=None)
+    v0 = save(case, users["annotator"], None)
+    v1 = save(case, users["annotator"], v0)
+    with pytest.raises(StaleVersionError):
+        case_submit(case=case, user=users["annotator"], version=v0)
+    case_submit(case=case, user=users["annotator"], version=v1)
+    assert Case.objects.get(pk=case.pk).status == Case.Status.SUBMITTED
+    assert not CaseLock.objects.filter(case=case).exists()
+    with pytest.raises(CaseStateError, match="waits for review"):
+        case_take(case=case, user=users["annotator2"])
+
+
+def test_approval_queues_the_seg_export_after_commit(
+    submitted, users, monkeypatch, django_capture_on_commit_callbacks
+):
+    case, version = submitted
+    queued = []
+    monkeypatch.setattr(tasks.review_seg_export, "delay", queued.append)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        review = case_review(case=case, user=users["reviewer"], version=version, decision="approve")
+        assert queued == []  # nothing leaves before the commit
+    assert len(callbacks) == 1 and queued == [review.id]
+    assert review.export_status == Review.Export.PENDING
+    assert Case.objects.get(pk=case.pk).status == Case.Status.APPROVED
+    assert app.amqp.router.route({}, tasks.review_seg_export.name)["queue"].name == "cpu"
+
+
+def test_rejection_returns_the_case_to_its_annotator_with_the_comment(submitted, users, project):
+    case, version = submitted
+    with pytest.raises(ApplicationError, match="Say why"):
+        case_review(case=case, user=users["reviewer"], version=version, decision="reject", comment="  ")
+    review = case_review(
+        case=case,
+        user=users["reviewer"],
+        version=version,
+        decision="reject",
+        comment="Posterior tail missing",
+    )
+    case.refresh_from_db()
+    assert (case.status, case.assignee) == (Case.Status.REJECTED, users["annotator"])
+    assert review.comment == "Posterior tail missing" and review.export_status == ""
+    assert next_case_take(project=project, user=users["annotator2"]) is None
+    assert next_case_take(project=project, user=users["annotator"]) == case
+    case.refresh_from_db()
+    assert case.status == Case.Status.IN_PROGRESS
+    # the annotator goes on from the rejected version
+    save(case, users["annotator"], version)
+
+
+def test_only_a_submitted_head_can_be_reviewed(case, users):
+    case_take(case=case, user=users["annotator"])
+    v0 = save(case, users["annotator"], None)
+    with pytest.raises(CaseStateError, match="Only a submitted case"):
+        case_review(case=case, user=users["reviewer"], version=v0, decision="approve")
+    assert not Review.objects.exists()
+
+
+def test_an_unreachable_pacs_is_recorded_and_retried(submitted, users, monkeypatch):
+    case, version = submitted
+    monkeypatch.setattr(tasks.review_seg_export, "delay", lambda review_id: None)
+    review = case_review(case=case, user=users["reviewer"], version=version, decision="approve")
+    with pytest.raises(PacsUnavailable):  # a TransientError: the task retries it
+        review_seg_export(review_id=review.id)
+    review.refresh_from_db()
+    assert review.export_status == Review.Export.PENDING and "will retry" in review.export_error
