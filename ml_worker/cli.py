@@ -227,6 +227,7 @@ def interactive_eval_command(args: argparse.Namespace) -> int:
         arg("--base-steps", type=int, default=None, help="base steps per epoch (default 25; quick 2)"),
         arg("--batch-size", type=int, default=None, help="samples per step (default 2; quick 1)"),
         arg("--lr", type=float, default=1e-3, help="AdamW learning rate of the adaptation (default 1e-3)"),
+        arg("--base-lr", type=float, default=2e-3, help="learning rate of the base training (default 2e-3)"),
         arg("--roi", default=None, help="patch X,Y,Z (default 48,64,48; quick 32,32,32)"),
         arg("--init-filters", type=int, default=None, help="width of a trained base (default 16; quick 8)"),
         arg("--modality", default="MR", help="DICOM modality of the images (default MR)"),
@@ -286,7 +287,7 @@ def peft_compare_command(args: argparse.Namespace) -> int:
             base=TrainConfig(
                 epochs=pick(args.base_epochs, 40, 1),
                 steps_per_epoch=pick(args.base_steps, 25, 2),
-                lr=2e-3,
+                lr=args.base_lr,
                 **common,
             ),
             model=model,

@@ -1,0 +1,249 @@
+"""PEFT comparison: each method x number of labelled cases ("shots"), adapted from one base, one test set.
+
+What ``python -m ml_worker peft-compare`` runs. The cases (image/label pairs) are ordered once by a hash
+of their ids (:func:`partition`) and cut into fixed parts, the same on every run and machine:
+
+    test    the first ``test_fraction`` of the order: every model is scored on these, never trained
+    source  the next ``source_fraction`` (only without a given base): the base is trained on them,
+            fully supervised, so the adaptation starts from a model that has seen other cases
+    pool    the rest: a run with k shots adapts on the first k of the pool (so 5 shots are inside 10)
+
+Every adaptation starts from the same base checkpoint, runs the same number of optimizer steps with the
+same hyper-parameters and seed, and is scored by pre-segmentation Dice (no prompts) per class on the test
+part. A row records the method, shots, mean Dice per class, trainable parameters, adapter file bytes and
+training seconds; the base itself is the row with method ``"base"`` and 0 shots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml_worker.adaptation.peft import count_trainable, get_method
+from ml_worker.adaptation.train import TrainCase, TrainConfig, Trainer, case_means
+from ml_worker.models.checkpoints import file_sha256
+from ml_worker.models.native3d import Native3DConfig, load_native3d, save_native3d
+
+__all__ = ["CompareConfig", "default_model", "partition", "peft_compare"]
+
+
+def _order_key(case_id: str, salt: str) -> bytes:
+    return hashlib.sha256(f"{salt}{case_id}".encode()).digest()
+
+
+def partition(
+    case_ids: Sequence[str],
+    *,
+    test_fraction: float,
+    source_fraction: float,
+    salt: str = "peft-compare",
+) -> dict[str, list[str]]:
+    """Fixed ``test`` / ``source`` / ``pool`` parts of `case_ids` (see the module docstring).
+
+    Raises:
+        ValueError: fractions outside [0, 1) or summing to 1 or more, or an empty test part.
+    """
+    if not (0 < test_fraction < 1 and 0 <= source_fraction < 1 and test_fraction + source_fraction < 1):
+        raise ValueError(
+            "test_fraction must be in (0, 1), source_fraction in [0, 1), their sum < 1; "
+            f"got {test_fraction}, {source_fraction}"
+        )
+    order = sorted(case_ids, key=lambda c: _order_key(c, salt))
+    n_test = max(1, round(len(order) * test_fraction))
+    n_source = round(len(order) * source_fraction)
+    return {
+        "test": order[:n_test],
+        "source": order[n_test : n_test + n_source],
+        "pool": order[n_test + n_source :],
+    }
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Settings of a comparison.
+
+    methods: native3d PEFT method names; shots: numbers of labelled pool cases.
+    adapt: hyper-parameters of every adaptation; base: of the base training (without a given base).
+    model: the base network to train (without a given base); ignored with one.
+    test_fraction, source_fraction: the fixed parts (see :func:`partition`).
+    test_limit: score on only the first N test cases (quick runs); 0 for all.
+    """
+
+    methods: tuple[str, ...]
+    shots: tuple[int, ...]
+    adapt: TrainConfig
+    base: TrainConfig
+    model: Native3DConfig | None = None
+    test_fraction: float = 0.2
+    source_fraction: float = 0.4
+    test_limit: int = 0
+
+
+def _mean_per_class(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    names = sorted({n for scores in per_case.values() for n in scores})
+    return {n: float(np.mean([s[n] for s in per_case.values() if n in s])) for n in names}
+
+
+def _row(method: str, shots: int, per_case: dict[str, dict[str, float]], **extra: Any) -> dict[str, Any]:
+    return {
+        "method": method,
+        "shots": shots,
+        "dice": _mean_per_class(per_case),
+        "dice_mean": float(np.mean(list(case_means(per_case).values()))),
+        **extra,
+    }
+
+
+def peft_compare(
+    cases: Sequence[TrainCase],
+    *,
+    config: CompareConfig,
+    out: Path,
+    base: Path | None = None,
+    device: str | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    progress_factory: Callable[[str], Callable[[int, int, int, dict[str, float]], None] | None] | None = None,
+) -> dict[str, Any]:
+    """Run the comparison; adapters and (without `base`) the trained base go under `out`.
+
+    Args:
+        cases: every labelled case (each with its labelled values).
+        config: what to compare (see :class:`CompareConfig`).
+        out: output folder.
+        base: a native3d base checkpoint; None trains one on the source part first.
+        device: "cpu", "cuda", ... (default: CUDA when available).
+        on_row: called with each result row as it is ready.
+        progress_factory: given a run name ("base", "lora_conv/5"), returns a progress callback or None.
+
+    Returns:
+        The report: settings, the parts (case ids), the base, and the rows.
+
+    Raises:
+        ValueError: unknown methods, more shots than the pool holds, a pool or source part that is empty.
+    """
+    out = Path(out)
+    methods = [get_method("native3d", m) for m in config.methods]  # unknown names fail before any work
+    by_id = {c.case_id: c for c in cases}
+    parts = partition(
+        list(by_id),
+        test_fraction=config.test_fraction,
+        source_fraction=0.0 if base is not None else config.source_fraction,
+    )
+    if base is None and not parts["source"]:
+        raise ValueError("no source cases to train a base on: raise source_fraction or give a base")
+    too_many = [k for k in config.shots if k > len(parts["pool"]) or k < 1]
+    if too_many:
+        raise ValueError(
+            f"shots {too_many} do not fit the pool of {len(parts['pool'])} cases (each must be 1..pool)"
+        )
+    test = [by_id[c] for c in parts["test"]]
+    if config.test_limit:
+        test = test[: config.test_limit]
+    progress = progress_factory or (lambda name: None)
+
+    if base is None:
+        if config.model is None:
+            raise ValueError("a model configuration is needed to train a base")
+        trainer = Trainer(
+            network=config.model.build(),
+            config=config.model,
+            method=get_method("native3d", "full"),
+            train=config.base,
+            device=device,
+            progress=progress("base"),
+        )
+        fitted = trainer.fit([by_id[c] for c in parts["source"]])
+        base = save_native3d(trainer.network, config.model, out / "base.pt")
+        base_info: dict[str, Any] = {
+            "trained": True,
+            "seconds": fitted.seconds,
+            "cases": len(parts["source"]),
+        }
+    else:
+        base_info = {"trained": False}
+    network, model_config = load_native3d(base)
+    base_sha = file_sha256(base)
+    base_info |= {
+        "path": str(base),
+        "sha256": base_sha,
+        "parameters": sum(p.numel() for p in network.parameters()),
+    }
+
+    rows: list[dict[str, Any]] = []
+    scorer = Trainer(
+        network=network,
+        config=model_config,
+        method=get_method("native3d", "full"),
+        train=config.adapt,
+        device=device,
+    )
+    rows.append(
+        _row("base", 0, scorer.evaluate(test), trainable_params=0, adapter_bytes=0, train_seconds=0.0)
+    )
+    if on_row:
+        on_row(rows[-1])
+
+    for method in methods:
+        for shots in config.shots:
+            trainer = Trainer.from_base(
+                base,
+                method=get_method("native3d", method.name, **method.params),
+                train=config.adapt,
+                device=device,
+                progress=progress(f"{method.name}/{shots}"),
+            )
+            chosen = [by_id[c] for c in parts["pool"][:shots]]
+            fitted = trainer.fit(chosen)
+            per_case = trainer.evaluate(test)
+            path = out / "adapters" / f"{method.name}_{shots}.adapter"
+            trainer.save_adapter(
+                path,
+                data_snapshot_ids=[c.case_id for c in chosen],
+                metrics={"test_dice": _mean_per_class(per_case)},
+            )
+            rows.append(
+                _row(
+                    method.name,
+                    shots,
+                    per_case,
+                    trainable_params=count_trainable(trainer.network),
+                    adapter_bytes=path.stat().st_size,
+                    train_seconds=round(fitted.seconds, 2),
+                )
+            )
+            if on_row:
+                on_row(rows[-1])
+
+    return {
+        "settings": {
+            "methods": list(config.methods),
+            "shots": list(config.shots),
+            "adapt": config.adapt.to_dict(),
+            "base_training": config.base.to_dict() if base_info["trained"] else None,
+            "model": model_config.to_dict(),
+            "test_fraction": config.test_fraction,
+            "source_fraction": config.source_fraction if base_info["trained"] else 0.0,
+            "test_cases": len(test),
+        },
+        "parts": {"test": [c.case_id for c in test], "source": parts["source"], "pool": parts["pool"]},
+        "base": base_info,
+        "rows": rows,
+    }
+
+
+def default_model(labels: dict[int, str], *, roi_size: Sequence[int], init_filters: int) -> Native3DConfig:
+    """The native3d configuration the comparison trains a base with (source spacing, guidance on)."""
+    values = sorted(labels)
+    return Native3DConfig(
+        num_classes=len(values),
+        class_names=tuple(labels[v] for v in values),
+        label_values=tuple(values),
+        init_filters=init_filters,
+        roi_size=tuple(roi_size),
+        spacing=None,
+    )

@@ -1,0 +1,77 @@
+"""peft-compare: fixed parts, nested shots, and a smallest end-to-end run of the CLI command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ml_worker.adaptation.adapter import load_adapter
+from ml_worker.adaptation.compare import partition
+from ml_worker.adaptation.tests.synthetic import make_case
+from ml_worker.cli import main
+from ml_worker.models.checkpoints import file_sha256
+from ml_worker.models.native3d import load_native3d
+
+
+def test_partition_is_fixed_disjoint_and_complete():
+    ids = [f"case{i:03d}" for i in range(50)]
+    parts = partition(ids, test_fraction=0.2, source_fraction=0.4)
+    assert parts == partition(list(reversed(ids)), test_fraction=0.2, source_fraction=0.4)
+    assert (len(parts["test"]), len(parts["source"]), len(parts["pool"])) == (10, 20, 20)
+    assert sorted(parts["test"] + parts["source"] + parts["pool"]) == ids
+    # with a given base there is no source part; the test part stays the same
+    no_source = partition(ids, test_fraction=0.2, source_fraction=0.0)
+    assert no_source["test"] == parts["test"] and not no_source["source"]
+    with pytest.raises(ValueError, match="test_fraction"):
+        partition(ids, test_fraction=0.7, source_fraction=0.4)
+
+
+def test_quick_cli_run_writes_the_table(tmp_path):
+    data = tmp_path / "data"
+    for i in range(8):
+        make_case(data, f"case{i}", seed=i)
+    out = tmp_path / "out"
+    argv = ["peft-compare", "--images", str(data / "images"), "--labels", str(data / "labels")]
+    argv += ["--shots", "1,2", "--methods", "norm,linear_probe", "--out", str(out)]
+    argv += ["--quick", "--roi", "16,16,16", "--test-limit", "1"]
+    assert main(argv) == 0
+
+    report = json.loads((out / "peft_compare.json").read_text())
+    rows = report["rows"]
+    assert [(r["method"], r["shots"]) for r in rows] == [
+        ("base", 0),
+        ("norm", 1),
+        ("norm", 2),
+        ("linear_probe", 1),
+        ("linear_probe", 2),
+    ]
+    assert report["base"]["trained"] and report["settings"]["model"]["class_names"] == ["label1", "label2"]
+    assert len(report["parts"]["test"]) == 1 and len(report["parts"]["source"]) == 3
+    base = out / "base.pt"
+    assert report["base"]["sha256"] == file_sha256(base)
+    for row in rows[1:]:
+        assert set(row["dice"]) == {"label1", "label2"} and 0.0 <= row["dice_mean"] <= 1.0
+        path = out / "adapters" / f"{row['method']}_{row['shots']}.adapter"
+        assert row["adapter_bytes"] == path.stat().st_size
+        model, meta = load_adapter(path, load_native3d(base)[0], file_sha256(base))
+        assert row["trainable_params"] == meta.trainable_parameters
+        assert list(meta.data_snapshot_ids) == report["parts"]["pool"][: row["shots"]]
+        assert row["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert rows[3]["trainable_params"] == 18  # linear probe: 8 features x 2 classes + 2 biases
+    assert torch.get_num_threads() >= 1
+
+
+def test_cli_refuses_more_shots_than_the_pool(tmp_path, capsys):
+    data = tmp_path / "data"
+    for i in range(5):
+        make_case(data, f"case{i}", seed=i)
+    argv = ["peft-compare", "--images", str(data / "images"), "--labels", str(data / "labels")]
+    argv += ["--shots", "9", "--methods", "norm", "--out", str(tmp_path / "out"), "--quick"]
+    assert main(argv) == 2
+    assert "do not fit the pool" in capsys.readouterr().err
+    argv[argv.index("9")] = "1"
+    argv[argv.index("norm")] = "prompt_tuning"
+    assert main(argv) == 2
+    assert "unknown PEFT method 'prompt_tuning'" in capsys.readouterr().err
