@@ -1,0 +1,95 @@
+"""The warm interactive segmenter: incremental clicks equal a replay, missing embeddings, request parsing."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ml_worker.inference.interactive import EmbeddingsMissing, InteractiveSegmenter, prompts_from_json
+from ml_worker.inference.prompts import Box3D, Click, PromptError
+from ml_worker.inference.tests.conftest import AXIS, EncodedCrop
+
+SHA = "0" * 64
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory) -> InteractiveSegmenter:
+    return InteractiveSegmenter(embeddings_dir=tmp_path_factory.mktemp("emb"), axis=AXIS, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def crop_sha(segmenter: InteractiveSegmenter, encoded_crop: EncodedCrop) -> str:
+    segmenter.cache.put(segmenter.key(SHA), np.asarray(encoded_crop.embeddings.embeddings))
+    return SHA
+
+
+def _prompts(labels: np.ndarray) -> tuple[Box3D, tuple[Click, ...]]:
+    where = np.argwhere(labels == 1)
+    box = Box3D(1, tuple(where.min(0)), tuple(where.max(0)))
+    inside = tuple(int(v) for v in where[len(where) // 2])
+    outside = (0, int(where[0][1]), 0)
+    return box, (Click(1, inside, True), Click(1, outside, False))
+
+
+def test_added_clicks_are_decoded_alone_and_match_a_replay(
+    segmenter: InteractiveSegmenter, crop_sha: str, encoded_crop: EncodedCrop
+):
+    shape = encoded_crop.image.shape
+    box, clicks = _prompts(encoded_crop.labels)
+    first = segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks[:1])
+    assert not first.incremental and first.mask.shape == shape and first.mask.any()
+    warm = segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks)
+    assert warm.incremental and warm.slices_decoded <= 2 * segmenter.propagation.click_reach + 1
+    segmenter._sessions.clear()  # a worker that never saw this interaction replays it
+    cold = segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks)
+    assert not cold.incremental and cold.slices_decoded > warm.slices_decoded
+    np.testing.assert_array_equal(warm.mask, cold.mask)
+
+
+def test_another_box_or_fewer_clicks_start_over(
+    segmenter: InteractiveSegmenter, crop_sha: str, encoded_crop: EncodedCrop
+):
+    shape = encoded_crop.image.shape
+    box, clicks = _prompts(encoded_crop.labels)
+    segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks)
+    undone = segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks[:1])
+    assert not undone.incremental  # an undo is a replay, never a stale mask
+    grown = Box3D(1, box.lo, tuple(min(h + 1, s - 1) for h, s in zip(box.hi, shape, strict=True)))
+    assert not segmenter.segment(
+        volume_sha256=crop_sha, shape=shape, label=1, box=grown, clicks=()
+    ).incremental
+
+
+def test_a_volume_without_embeddings_is_refused(segmenter: InteractiveSegmenter):
+    with pytest.raises(EmbeddingsMissing, match="no embeddings for volume 111111111111"):
+        segmenter.segment(
+            volume_sha256="1" * 64, shape=(4, 4, 4), label=1, box=Box3D(1, (0, 0, 0), (2, 2, 2)), clicks=()
+        )
+
+
+def test_embed_computes_once(segmenter: InteractiveSegmenter, tmp_path):
+    path = tmp_path / "v.nii"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 10, 3), dtype=np.float32), np.eye(4)), path)
+    volume_sha = "2" * 64
+    assert not segmenter.has_embeddings(volume_sha)
+    assert segmenter.embed(path, volume_sha) is True
+    assert segmenter.has_embeddings(volume_sha) and segmenter.embed(path, volume_sha) is False
+    assert segmenter.cache.get(segmenter.key(volume_sha)).shape[0] == (12, 10, 3)[AXIS]
+
+
+def test_request_prompts_are_parsed_and_checked():
+    label, box, clicks = prompts_from_json(
+        {
+            "label": 2,
+            "box": {"lo": [1, 2, 3], "hi": [4, 5, 6]},
+            "clicks": [{"ijk": [2, 3, 4], "positive": False}],
+        },
+        shape=(10, 10, 10),
+    )
+    assert (label, box, clicks) == (2, Box3D(2, (1, 2, 3), (4, 5, 6)), (Click(2, (2, 3, 4), False),))
+    with pytest.raises(PromptError, match="expected"):
+        prompts_from_json({"label": 1, "clicks": []}, shape=(10, 10, 10))
+    with pytest.raises(PromptError, match="outside the volume"):
+        prompts_from_json({"label": 1, "box": {"lo": [0, 0, 0], "hi": [3, 3, 3]},
+                           "clicks": [{"ijk": [10, 0, 0]}]}, shape=(10, 10, 10))  # fmt: skip
