@@ -22,12 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from ml_worker.inference.embeddings import EmbeddingCache, VolumeEmbeddings, cache_key, encode_volume
-from ml_worker.inference.prompts import Box3D, Click, PromptError, Prompts, validate_prompts
+from ml_worker.inference.prompts import Box3D, Click, PromptError
 from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig
 from ml_worker.io.volume import load_volume
 from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, load_litemedsam, select_device
 
 MODEL_ID = f"litemedsam/{LITEMEDSAM_SHA256[:16]}"
+
+
+def embeddings_key(volume_sha256: str, axis: int = 2) -> str:
+    """The cache key of a volume's embeddings (the same as ``interactive-eval --cache-dir`` uses)."""
+    return cache_key(volume_sha256, MODEL_ID, f"axis{axis}")
 
 
 class EmbeddingsMissing(LookupError):
@@ -78,8 +83,7 @@ class InteractiveSegmenter:
         self._lock = threading.Lock()  # one request at a time per process: the model is not re-entrant
 
     def key(self, volume_sha256: str) -> str:
-        """The embeddings' cache key (the same as ``interactive-eval --cache-dir`` uses)."""
-        return cache_key(volume_sha256, MODEL_ID, f"axis{self.axis}")
+        return embeddings_key(volume_sha256, self.axis)
 
     def has_embeddings(self, volume_sha256: str) -> bool:
         return self.key(volume_sha256) in self.cache
@@ -133,28 +137,3 @@ class InteractiveSegmenter:
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
         return Answer(mask, time.perf_counter() - began, session.slices_decoded - decoded, incremental)
-
-
-def prompts_from_json(data: dict, *, shape: tuple[int, int, int]) -> tuple[int, Box3D, tuple[Click, ...]]:
-    """A request's prompts -> (label, box, clicks), checked against the volume's `shape`.
-
-    ``{"label": 1, "box": {"lo": [i, j, k], "hi": [i, j, k]},
-    "clicks": [{"ijk": [i, j, k], "positive": true}, ...]}``
-
-    Raises:
-        PromptError: a missing box, malformed coordinates, a prompt outside the volume.
-    """
-    try:
-        label = int(data["label"])
-        box = Box3D(label, tuple(int(v) for v in data["box"]["lo"]), tuple(int(v) for v in data["box"]["hi"]))
-        clicks = tuple(
-            Click(label, tuple(int(v) for v in c["ijk"]), bool(c.get("positive", True)))
-            for c in data.get("clicks", [])
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PromptError(
-            'expected {"label": int, "box": {"lo": [i, j, k], "hi": [i, j, k]}, '
-            f'"clicks": [{{"ijk": [i, j, k], "positive": bool}}]}}: {exc!r}'
-        ) from None
-    validate_prompts(Prompts(boxes=(box,), clicks=clicks), shape, {str(label): label})
-    return label, box, clicks

@@ -161,3 +161,28 @@ def validate_prompts(prompts: Prompts, shape: Sequence[int], labels: Mapping[str
                 f"previous mask holds values {extra} that are not in this project's label set "
                 f"{_label_set_text(labels)}"
             )
+
+
+def prompts_from_json(data: dict, *, shape: tuple[int, int, int]) -> tuple[int, Box3D, tuple[Click, ...]]:
+    """A request's prompts -> (label, box, clicks), checked against the volume's `shape`.
+
+    ``{"label": 1, "box": {"lo": [i, j, k], "hi": [i, j, k]},
+    "clicks": [{"ijk": [i, j, k], "positive": true}, ...]}``
+
+    Raises:
+        PromptError: a missing box, malformed coordinates, a prompt outside the volume.
+    """
+    try:
+        label = int(data["label"])
+        box = Box3D(label, tuple(int(v) for v in data["box"]["lo"]), tuple(int(v) for v in data["box"]["hi"]))
+        clicks = tuple(
+            Click(label, tuple(int(v) for v in c["ijk"]), bool(c.get("positive", True)))
+            for c in data.get("clicks", [])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PromptError(
+            'expected {"label": int, "box": {"lo": [i, j, k], "hi": [i, j, k]}, '
+            f'"clicks": [{{"ijk": [i, j, k], "positive": bool}}]}}: {exc!r}'
+        ) from None
+    validate_prompts(Prompts(boxes=(box,), clicks=clicks), shape, {str(label): label})
+    return label, box, clicks

@@ -4,13 +4,13 @@ Django permission per view (granted per role in accounts.roles) checked on every
 Errors come back as ``{"message": ..., "extra": {...}}`` (annotation.errors.api_exception_handler).
 How label maps travel is in annotation.masks.
 
-The interactive (model-assisted) endpoint is not here yet: it will be ``CaseInteractiveApi``
-(POST cases/<id>/interactive/, permission ``annotation.annotate_case``) taking a box or clicks, sending
-ids and paths through the Celery queue ``interactive`` to ml_worker, and returning the mask for the class.
+The model-assisted endpoint, ``CaseInteractiveApi``, sends ids through the Celery queue ``interactive``
+to a warm worker (annotation.interactive) and waits for its answer file.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import ClassVar
 
 import numpy as np
@@ -466,6 +466,47 @@ class VersionCreateApi(Api):
             effort=services.Effort(**body.get("effort", {})),
         )
         return Response(VersionSerializer(version).data, status=self.success_status)
+
+
+class CaseInteractiveApi(Api):
+    """One model call on a case you hold: the box and every click so far for one class; answers that
+    class's mask (base64 of gzip of 0/1 voxels in NIfTI order), which replaces the class in the viewer.
+    503 while the volume's embeddings are being computed; 504 when no model worker answers in time."""
+
+    permission = "annotation.annotate_case"
+
+    class InputSerializer(serializers.Serializer):
+        class BoxSerializer(serializers.Serializer):
+            lo = serializers.ListField(child=serializers.IntegerField(), min_length=3, max_length=3)
+            hi = serializers.ListField(child=serializers.IntegerField(), min_length=3, max_length=3)
+
+        class ClickSerializer(serializers.Serializer):
+            ijk = serializers.ListField(child=serializers.IntegerField(), min_length=3, max_length=3)
+            positive = serializers.BooleanField(default=True)
+
+        label = serializers.IntegerField(min_value=1, max_value=255)
+        box = BoxSerializer()
+        clicks = ClickSerializer(many=True, required=False, default=list)
+
+    class OutputSerializer(serializers.Serializer):
+        label = serializers.IntegerField()
+        mask = serializers.CharField(help_text="base64(gzip(uint8 0/1 voxels, NIfTI order))")
+        seconds = serializers.FloatField(help_text="model time in the worker")
+        incremental = serializers.BooleanField(help_text="only the new click was decoded")
+        model = serializers.CharField()
+
+    def post(self, request, case_id: int):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        answer = services.case_interact(case=_case(case_id), user=request.user, request=data.validated_data)
+        body = {
+            "label": answer.label,
+            "mask": base64.b64encode(answer.mask_gzip).decode(),
+            "seconds": answer.seconds,
+            "incremental": answer.incremental,
+            "model": answer.model,
+        }
+        return Response(self.OutputSerializer(body).data)
 
 
 class VersionMaskApi(Api):

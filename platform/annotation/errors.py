@@ -72,3 +72,15 @@ def api_exception_handler(exc, context):
     else:
         response.data = {"message": str(exc.detail), "extra": {}}
     return response
+
+
+class ModelNotReadyError(ApplicationError):
+    """The model cannot answer for this volume yet (its image embeddings are being computed)."""
+
+    http_status = 503
+
+
+class ModelTimeoutError(ApplicationError):
+    """No model worker answered in time."""
+
+    http_status = 504

@@ -16,10 +16,19 @@ from django.db.models import Model, Q
 from django.utils import timezone
 
 from accounts.models import User
-from annotation.errors import CaseLockedError, CaseStateError, StaleVersionError
+from annotation import interactive
+from annotation.errors import (
+    CaseLockedError,
+    CaseStateError,
+    ModelNotReadyError,
+    ModelTimeoutError,
+    StaleVersionError,
+)
 from annotation.masks import delta_apply, mask_read, mask_write
 from annotation.models import AuditEvent, Case, CaseLock, LabelClass, MaskVersion, Project, Review
 from common.exceptions import ApplicationError, TransientError
+from common.media import media_path
+from ml_worker.inference.prompts import PromptError, prompts_from_json
 from studies.models import Volume
 
 # Split fractions by a volume's hash bucket (0..99): train below 70, validation below 85, test above.
@@ -121,6 +130,7 @@ def project_volumes_add(*, project: Project, volumes: Iterable[Volume], user: Us
         if v.id not in present
     ]
     Case.objects.bulk_create(new, ignore_conflicts=True)
+    volume_embeddings_request(volumes=[v for v in volumes if v.id not in present])
     if new:
         audit_event(
             actor=user, action="project.add_volumes", obj=project, volume_ids=[c.volume_id for c in new]
@@ -494,3 +504,109 @@ def review_seg_export(*, review_id: int) -> Review:
     audit_event(actor=None, action="review.export", obj=review, sop_instance_uid=export.sop_instance_uid)
     review.refresh_from_db()
     return review
+
+
+# ---- model-assisted editing ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InteractiveAnswer:
+    label: int
+    mask_gzip: bytes  # gzip of the 0/1 voxels in NIfTI order (annotation.masks' wire order)
+    seconds: float  # in the worker
+    incremental: bool
+    model: str
+
+
+def volume_embeddings_request(*, volumes: Iterable[Volume]) -> None:
+    """Queue the interactive model's embeddings of volumes (queue gpu), after commit. Idempotent: the
+    task skips a volume whose embeddings exist."""
+    from annotation import tasks
+
+    for volume in volumes:
+        transaction.on_commit(lambda vid=volume.id: tasks.volume_embeddings_compute.delay(vid))
+
+
+def volume_embeddings_compute(*, volume_id: int) -> bool:
+    """Worker side: compute and store a volume's embeddings unless present; True if computed now."""
+    volume = Volume.objects.get(pk=volume_id)
+    return interactive.segmenter().embed(media_path(volume.path), volume.sha256)
+
+
+def interactive_segment(*, volume_id: int, request: dict) -> dict:
+    """Worker side: one model call. Returns ``{"answer": file name, ...}``, ``{"not_ready": true}`` when
+    the volume has no embeddings yet, or ``{"error": message}`` for prompts the model cannot take: never
+    an exception, so the web process can say what happened."""
+    from ml_worker.inference.interactive import MODEL_ID, EmbeddingsMissing
+
+    volume = Volume.objects.get(pk=volume_id)
+    try:
+        label, box, clicks = prompts_from_json(request, shape=tuple(volume.shape))
+        answer = interactive.segmenter().segment(
+            volume_sha256=volume.sha256, shape=tuple(volume.shape), label=label, box=box, clicks=clicks
+        )
+    except EmbeddingsMissing:
+        return {"not_ready": True}
+    except PromptError as exc:
+        return {"error": str(exc)}
+    return {
+        "answer": interactive.answer_write(answer.mask),
+        "seconds": round(answer.seconds, 4),
+        "incremental": answer.incremental,
+        "model": MODEL_ID,
+    }
+
+
+def case_interact(*, case: Case, user: User, request: dict) -> InteractiveAnswer:
+    """A box and clicks on one class of a case the caller holds -> the model's mask for that class.
+
+    The request carries the whole interaction for the class (its box and every click so far), so any
+    interactive worker can answer it; the one that answered the last request only decodes the new click.
+
+    Raises:
+        CaseLockedError, CaseStateError: the caller does not hold the case, or it is not editable.
+        ApplicationError: malformed prompts, a prompt outside the volume, a class not in the project.
+        ModelNotReadyError: the volume's embeddings are still being computed (queued now if missing).
+        ModelTimeoutError: no interactive worker answered in time.
+    """
+    from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+    from annotation import tasks
+
+    with transaction.atomic():
+        case = _locked_case(case)
+        _editable(case)
+        _holding(case, user)
+    volume = case.volume
+    try:
+        label, _, _ = prompts_from_json(request, shape=tuple(volume.shape))
+    except PromptError as exc:
+        raise ApplicationError(str(exc)) from None
+    if not case.project.labels.filter(value=label).exists():
+        values = sorted(case.project.labels.values_list("value", flat=True))
+        raise ApplicationError(f"Class {label} is not in this project's label set {values}.")
+    timeout = settings.INTERACTIVE_TIMEOUT_SECONDS
+    result = tasks.case_interactive_segment.apply_async(args=[volume.id, request], expires=timeout)
+    try:
+        out = result.get(timeout=timeout)
+    except CeleryTimeoutError:
+        result.revoke()
+        raise ModelTimeoutError(
+            f"No model worker answered within {timeout} s: the interactive queue is busy or down."
+        ) from None
+    if out.get("not_ready"):
+        volume_embeddings_request(volumes=[volume])
+        raise ModelNotReadyError(
+            "The model is still preparing this volume (image embeddings): try again in a minute, or "
+            "draw with the brush meanwhile.",
+            extra={"retry_after": 30},
+        )
+    if "error" in out:
+        raise ApplicationError(out["error"])
+    return InteractiveAnswer(
+        label=label,
+        mask_gzip=interactive.answer_take(out["answer"]),
+        seconds=out["seconds"],
+        incremental=out["incremental"],
+        model=out["model"],
+    )

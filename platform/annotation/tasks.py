@@ -18,3 +18,19 @@ def review_seg_export(review_id: int) -> dict:
 
     review = export(review_id=review_id)
     return {"status": review.export_status, "sop_instance_uid": review.seg_sop_instance_uid}
+
+
+# Embeddings of a volume: minutes on a CPU, seconds on a GPU; safe to run twice (skips what exists).
+@shared_task(acks_late=True)
+def volume_embeddings_compute(volume_id: int) -> bool:
+    from annotation.services import volume_embeddings_compute as compute
+
+    return compute(volume_id=volume_id)
+
+
+# A click: nobody waits for a redelivered one (the request has timed out by then), so no late ack.
+@shared_task(acks_late=False)
+def case_interactive_segment(volume_id: int, request: dict) -> dict:
+    from annotation.services import interactive_segment
+
+    return interactive_segment(volume_id=volume_id, request=request)

@@ -26,7 +26,7 @@ urlpatterns = [
     path("cases/<int:case_id>/image/", api.CaseImageApi.as_view(), name="api-case-image"),
     path("cases/<int:case_id>/versions/", api.VersionListApi.as_view(), name="api-versions"),
     path("cases/<int:case_id>/versions/create/", api.VersionCreateApi.as_view(), name="api-version-create"),
-    # Next: cases/<int:case_id>/interactive/ (CaseInteractiveApi, see annotation.api's docstring).
+    path("cases/<int:case_id>/interactive/", api.CaseInteractiveApi.as_view(), name="api-case-interactive"),
     path("cases/<int:case_id>/submit/", api.CaseSubmitApi.as_view(), name="api-case-submit"),
     path("cases/<int:case_id>/review/", api.CaseReviewApi.as_view(), name="api-case-review"),
     path("versions/<int:version_id>/mask/", api.VersionMaskApi.as_view(), name="api-version-mask"),

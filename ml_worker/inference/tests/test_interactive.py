@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ml_worker.inference.interactive import EmbeddingsMissing, InteractiveSegmenter, prompts_from_json
-from ml_worker.inference.prompts import Box3D, Click, PromptError
+from ml_worker.inference.interactive import EmbeddingsMissing, InteractiveSegmenter
+from ml_worker.inference.prompts import Box3D, Click, PromptError, prompts_from_json
 from ml_worker.inference.tests.conftest import AXIS, EncodedCrop
 
 SHA = "0" * 64

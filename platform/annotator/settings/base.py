@@ -92,6 +92,9 @@ REST_FRAMEWORK = {
 # A case lock lasts this long without a heartbeat; an upload of a mask version at most this many bytes.
 ANNOTATION_LOCK_LEASE_SECONDS = int(os.environ.get("ANNOTATION_LOCK_LEASE_SECONDS", "300"))
 ANNOTATION_MAX_UPLOAD_BYTES = int(os.environ.get("ANNOTATION_MAX_UPLOAD_BYTES", str(64 * 1024 * 1024)))
+# A click waits this long for an interactive worker; a worker keeps this many bytes of embeddings in memory.
+INTERACTIVE_TIMEOUT_SECONDS = float(os.environ.get("INTERACTIVE_TIMEOUT_SECONDS", "30"))
+INTERACTIVE_CACHE_BYTES = int(os.environ.get("INTERACTIVE_CACHE_BYTES", str(2 << 30)))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

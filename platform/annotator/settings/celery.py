@@ -12,8 +12,13 @@ CELERY_TASK_QUEUES = [
     for name in ("interactive", "gpu", "train", "cpu")
 ]
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
-# PACS I/O, ingest and SEG export are CPU work; model tasks will route to interactive/gpu/train.
-CELERY_TASK_ROUTES = {"pacs.tasks.*": {"queue": "cpu"}, "annotation.tasks.*": {"queue": "cpu"}}
+# PACS I/O, ingest and SEG export are CPU work; a click goes to interactive, embeddings to gpu.
+CELERY_TASK_ROUTES = {
+    "annotation.tasks.case_interactive_segment": {"queue": "interactive"},
+    "annotation.tasks.volume_embeddings_compute": {"queue": "gpu"},
+    "pacs.tasks.*": {"queue": "cpu"},
+    "annotation.tasks.*": {"queue": "cpu"},
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -57,6 +57,7 @@ def urls(project, case, version) -> list[tuple[str, str, str]]:
         ("get", f"/api/cases/{c}/image/", "annotator"),
         ("get", f"/api/cases/{c}/versions/", "annotator"),
         ("post", f"/api/cases/{c}/versions/create/", "annotator"),
+        ("post", f"/api/cases/{c}/interactive/", "annotator"),
         ("post", f"/api/cases/{c}/submit/", "annotator"),
         ("post", f"/api/cases/{c}/review/", "reviewer"),
         ("get", f"/api/versions/{v}/mask/", "annotator"),
@@ -89,6 +90,7 @@ FORBIDDEN = {
         "/heartbeat/",
         "/release/",
         "/versions/create/",
+        "/interactive/",
         "/submit/",
         "/api/audit/",
     },
@@ -323,4 +325,4 @@ def test_openapi_schema_describes_the_api(client):
     assert {"parent", "labelmap", "delta", "effort"} <= set(doc["components"]["schemas"][body]["properties"])
     params = {p["name"] for p in doc["paths"]["/api/projects/{project_id}/worklist/"]["get"]["parameters"]}
     assert {"project_id", "status", "modality", "assignee", "cursor", "limit"} <= params
-    assert len(doc["paths"]) == 18
+    assert len(doc["paths"]) == 19

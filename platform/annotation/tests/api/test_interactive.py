@@ -1,0 +1,128 @@
+"""Model-assisted editing over HTTP with real Celery workers on the real Redis broker: the embeddings
+task (queue gpu), the click (queue interactive) answered by a warm worker, and every way it can fail."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import time
+
+import numpy as np
+import pytest
+from celery.contrib.testing.worker import start_worker
+from django.test import Client
+
+from annotation.interactive import answers_dir, embeddings_dir
+from annotation.models import MaskVersion
+from annotation.tests.helpers import SHAPE
+from annotator.celery import app
+from ml_worker.inference.embeddings import EmbeddingCache
+from ml_worker.inference.interactive import embeddings_key
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BOX = {"label": 1, "box": {"lo": [1, 1, 0], "hi": [6, 4, 3]}}
+
+
+def start(queues: list[str]):
+    return start_worker(
+        app, pool="threads", concurrency=1, queues=queues, perform_ping_check=False, shutdown_timeout=120
+    )
+
+
+@pytest.fixture
+def workers():
+    """As deployed: a worker for clicks and another for embeddings, so a click never waits behind them."""
+    app.control.purge()
+    with start(["interactive"]), start(["gpu"]):
+        yield
+
+
+@pytest.fixture
+def holder(users, case) -> Client:
+    client = Client()
+    client.force_login(users["annotator"])
+    assert client.post(f"/api/cases/{case.id}/take/").status_code == 200
+    return client
+
+
+def interact(client: Client, case, body: dict):
+    return client.post(
+        f"/api/cases/{case.id}/interactive/", json.dumps(body), content_type="application/json"
+    )
+
+
+def decode(mask: str) -> np.ndarray:
+    flat = np.frombuffer(gzip.decompress(base64.b64decode(mask)), np.uint8)
+    return flat.reshape(SHAPE, order="F")
+
+
+def test_box_then_click_through_the_workers(workers, users, case, settings):
+    settings.INTERACTIVE_TIMEOUT_SECONDS = 120  # the first call loads the model, on a machine maybe busy
+    holder = Client()
+    holder.force_login(users["annotator"])
+    assert holder.post(f"/api/cases/{case.id}/take/").status_code == 200
+    # the embeddings task, queued when the case was added, runs on the gpu worker
+    stored = EmbeddingCache(max_bytes=0, directory=embeddings_dir())
+    deadline = time.monotonic() + 300
+    while embeddings_key(case.volume.sha256) not in stored and time.monotonic() < deadline:
+        time.sleep(0.5)
+    first = interact(holder, case, BOX)
+    assert first.status_code == 200, first.json()
+    body = first.json()
+    mask = decode(body["mask"])
+    assert body["label"] == 1 and not body["incremental"] and set(np.unique(mask)) <= {0, 1}
+    outside = mask.astype(bool).copy()
+    outside[1:7, 1:5, 0:4] = False
+    assert not outside.any()  # nothing outside the box
+    click = {**BOX, "clicks": [{"ijk": [3, 2, 1], "positive": True}]}
+    second = interact(holder, case, click)
+    assert second.status_code == 200 and second.json()["incremental"]
+    assert not any(answers_dir().iterdir())  # each answer file is read once and removed
+    assert not MaskVersion.objects.exists()  # a model call saves nothing: the annotator saves
+
+
+def test_no_embeddings_yet_is_503_and_queues_them(holder, case):
+    app.control.purge()
+    with start(["interactive"]):  # no gpu worker: the embeddings stay queued
+        refused = interact(holder, case, BOX)
+    assert refused.status_code == 503
+    assert "still preparing this volume" in refused.json()["message"]
+
+
+def test_no_interactive_worker_is_504(holder, case, settings):
+    settings.INTERACTIVE_TIMEOUT_SECONDS = 1
+    app.control.purge()
+    refused = interact(holder, case, BOX)
+    assert refused.status_code == 504 and "No model worker answered within 1" in refused.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"label": 7, "box": BOX["box"]}, "Class 7 is not in this project's label set [1, 2]"),
+        ({**BOX, "clicks": [{"ijk": [8, 0, 0]}]}, "outside the volume of 8x6x4 voxels"),
+        ({"label": 1, "box": {"lo": [5, 1, 0], "hi": [2, 4, 3]}}, "box"),
+        ({"label": 1}, "The request is not valid."),
+    ],
+)
+def test_bad_prompts_are_400(holder, case, body, message):
+    refused = interact(holder, case, body)
+    assert refused.status_code == 400 and message in refused.json()["message"], refused.json()
+
+
+def test_only_the_holder_may_call_the_model(users, case, holder):
+    other = Client()
+    other.force_login(users["annotator2"])
+    refused = interact(other, case, BOX)
+    assert refused.status_code == 423 and "annotator holds this case" in refused.json()["message"]
+
+
+def test_model_tasks_go_to_their_queues():
+    for task, queue in (
+        ("annotation.tasks.case_interactive_segment", "interactive"),
+        ("annotation.tasks.volume_embeddings_compute", "gpu"),
+        ("annotation.tasks.review_seg_export", "cpu"),
+    ):
+        assert app.amqp.router.route({}, task)["queue"].name == queue
