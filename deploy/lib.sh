@@ -34,6 +34,23 @@ venv_ensure() {  # the venv, torch first (local CPU wheel), then everything pinn
   echo "$want" > "$stamp"
 }
 
+frontend_ensure() {  # the browser bundle (frontend/static/annotation/), rebuilt when the lockfile or a source changes
+  local dir="$REPO/frontend" stamp="$REPO/frontend/static/annotation/.build-stamp" want modules_want
+  want="$(cd "$dir" && find package-lock.json build.mjs tsconfig.json src -type f -print0 | sort -z \
+    | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
+  command -v npm >/dev/null 2>&1 || apt_ensure nodejs npm
+  modules_want="$(sha256sum < "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [ "$(cat "$dir/node_modules/.annotator-lock" 2>/dev/null)" != "$modules_want" ]; then
+    say "Installing the browser code's packages (frontend/node_modules)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$modules_want" > "$dir/node_modules/.annotator-lock"
+  fi
+  say "Building the browser code into frontend/static/annotation/"
+  (cd "$dir" && npm run --silent build)
+  echo "$want" > "$stamp"
+}
+
 postgres_ensure() {  # a PostgreSQL answering on 127.0.0.1:5432 (started when it is installed but down)
   pg_isready -q -h 127.0.0.1 -p 5432 && return 0
   local version
@@ -63,6 +80,7 @@ redis_ensure() {
 system_ensure() {  # everything both commands need on the machine
   apt_ensure postgresql redis-server orthanc orthanc-dicomweb
   venv_ensure
+  frontend_ensure
   postgres_ensure
   redis_ensure
 }

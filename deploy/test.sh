@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, starts PostgreSQL and Redis when they are down, runs
-# every test (the tests start their own Orthanc). Extra arguments go to pytest.
+# every test: the browser code's type check and unit tests, then pytest (the tests start their own
+# Orthanc). Extra arguments go to pytest.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 system_ensure
 cd "$REPO"
 "$VENV/bin/ruff" check .
+(cd frontend && npm run --silent typecheck && npm test --silent)
 exec "$VENV/bin/pytest" "$@"

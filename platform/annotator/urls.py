@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from annotation import views as annotation_views
 from common.health import healthz
 from pacs import views as pacs_views
 from studies import views as studies_views
@@ -13,6 +14,9 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("worklist/", studies_views.worklist, name="worklist"),
+    path("projects/", annotation_views.project_list, name="annotation-projects"),
+    path("projects/<int:project_id>/", annotation_views.worklist, name="annotation-worklist"),
+    path("cases/<int:case_id>/", annotation_views.case_page, name="annotation-case"),
     path("pacs/sources/", pacs_views.source_list, name="pacs-sources"),
     path("pacs/sources/<int:source_id>/sync", pacs_views.source_sync, name="pacs-source-sync"),
     path("api/", include("annotation.urls")),

@@ -1,0 +1,295 @@
+"""Drive the built viewer in headless Chromium against frontend/dev/serve.py and check what reaches the
+"server": the volume renders with its mask, voxel coordinates of clicks and boxes, brush + save (delta),
+undo/redo, the 409 dialog and its merge, effort counters, and a case held by someone else.
+
+    .venv/bin/python frontend/dev/smoke.py [--screenshot PATH] [--reorient]
+
+Needs the bundle (cd frontend && npm run build), Debian's /usr/bin/chromium and the playwright package.
+Prints one JSON line; exits non-zero on the first failed check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from io import BytesIO
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+from playwright.sync_api import Page, sync_playwright
+
+HERE = Path(__file__).resolve().parent
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mock_server(*extra: str):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "serve.py"), "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        proc.stdout.readline()  # the URL, once it listens
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url) as r:
+        return json.loads(r.read())
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok:
+        raise SystemExit(f"FAILED: {what}")
+
+
+# In-page helpers: native voxel -> canvas point of a 2D view, as the user would click it.
+JS_POINT = """([ijk, view]) => {
+  const v = window.annotator.page.viewer, o = v.orientation, nv = v.nv;
+  const ras = [0, 0, 0];
+  for (let n = 0; n < 3; n++) ras[o.rasAxis[n]] = o.flip[n] ? o.dims[n] - 1 - ijk[n] : ijk[n];
+  nv.scene.crosshairPos = nv.vox2frac(ras);
+  nv.drawScene();
+  const hit = nv.frac2canvasPosWithTile(nv.vox2frac(ras), view);
+  const rect = nv.canvas.getBoundingClientRect(), dpr = nv.uiData.dpr || 1;
+  return [rect.left + hit.pos[0] / dpr, rect.top + hit.pos[1] / dpr];
+}"""
+
+
+def point(page: Page, ijk, view: int = 0) -> tuple[float, float]:
+    x, y = page.evaluate(JS_POINT, [list(map(int, ijk)), view])
+    return x, y
+
+
+def native_mask(page: Page) -> np.ndarray:
+    return np.array(page.evaluate("() => Array.from(window.annotator.page.viewer.nativeMask())"), np.uint8)
+
+
+def server_mask(base: str, case: int = 1) -> np.ndarray:
+    return np.array(get_json(f"{base}/dev/mask/{case}"), np.uint8)
+
+
+def truth(reorient: bool) -> np.ndarray:
+    lab = np.asarray(
+        nib.load(HERE.parents[2] / "shared/data/hippocampus/labelsTr/hippocampus_001.nii.gz").dataobj
+    )
+    return np.transpose(lab[::-1], (1, 2, 0)) if reorient else lab
+
+
+def canvas_stats(page: Page) -> dict:
+    png = page.locator("#viewer-canvas").screenshot()
+    rgb = np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(int)
+    lit = rgb.max(axis=2) > 20
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return {
+        "lit_fraction": round(float(lit.mean()), 3),
+        "red_overlay_px": int(((r > g + 60) & (r > b + 60)).sum()),
+        "green_overlay_px": int(((g > r + 40) & (g > b + 40)).sum()),
+    }
+
+
+def run(page: Page, base: str, reorient: bool, screenshot: Path | None) -> dict:
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{base}/dev/case/1/")
+    page.wait_for_selector("body[data-viewer-ready]", timeout=60_000)
+    out: dict = {"first_paint_ms": round(page.evaluate("() => window.annotator.metrics.firstPaintMs"))}
+
+    # the drawing, read back in NIfTI order, is the stored version 0
+    lab = truth(reorient)
+    check(
+        np.array_equal(native_mask(page), lab.ravel(order="F")), "the shown mask is version 0 in NIfTI order"
+    )
+    stats = canvas_stats(page)
+    check(stats["lit_fraction"] > 0.2, f"the canvas shows the volume ({stats})")
+    check(
+        stats["red_overlay_px"] > 50 and stats["green_overlay_px"] > 50,
+        f"both classes are overlaid ({stats})",
+    )
+    out["canvas"] = stats
+    if screenshot:  # with the 3D view, which is off by default under software WebGL
+        page.select_option("#layout", "multi3d")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(screenshot))
+        page.select_option("#layout", "multi")
+
+    # a positive click on a voxel reaches the server as that voxel, with the box around the class
+    # (no box was drawn yet: the client boxes the class's current voxels, padded by 2)
+    target = np.argwhere(lab == 1)
+    ijk = target[len(target) // 2]
+    dims = np.array(lab.shape)
+    derived = {
+        "lo": np.maximum(target.min(axis=0) - 2, 0).tolist(),
+        "hi": np.minimum(target.max(axis=0) + 2, dims - 1).tolist(),
+    }
+    page.keyboard.press("1")
+    page.keyboard.press("c")
+    x, y = point(page, ijk)
+    page.mouse.click(x, y)
+    page.wait_for_function("() => window.annotator.metrics.modelCalls.length === 1", timeout=30_000)
+    sent = get_json(f"{base}/dev/log/1")[-1]["request"]
+    check(
+        sent == {"label": 1, "box": derived, "clicks": [{"ijk": ijk.tolist(), "positive": True}]}, f"{sent}"
+    )
+
+    # a box drawn on the axial view sets the two in-plane extents and keeps the third
+    axis = page.evaluate("() => window.annotator.page.viewer.orientation.rasAxis.indexOf(2)")
+    lo, hi = target.min(axis=0), target.max(axis=0)
+    a, b = ijk.copy(), ijk.copy()
+    for n in range(3):
+        if n != axis:
+            a[n], b[n] = lo[n], hi[n]
+    page.keyboard.press("x")
+    x0, y0 = point(page, a)
+    x1, y1 = point(page, b)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=3)
+    page.mouse.move(x1, y1, steps=3)
+    page.mouse.up()
+    page.wait_for_function("() => window.annotator.metrics.modelCalls.length === 2", timeout=30_000)
+    sent = get_json(f"{base}/dev/log/1")[-1]["request"]
+    exp_lo = [int(min(a[n], b[n])) for n in range(3)]
+    exp_hi = [int(max(a[n], b[n])) for n in range(3)]
+    exp_lo[axis] = min(derived["lo"][axis], int(a[axis]))
+    exp_hi[axis] = max(derived["hi"][axis], int(a[axis]))
+    check(sent == {"label": 1, "box": {"lo": exp_lo, "hi": exp_hi}, "clicks": []}, f"box {sent}")
+    after_model = native_mask(page)
+    out["model_calls"] = page.evaluate("() => window.annotator.metrics.modelCalls")
+
+    # brush stroke with class 2, save (a delta), the server holds exactly what the page shows
+    page.keyboard.press("2")
+    page.keyboard.press("b")
+    page.keyboard.press("]")
+    p0 = point(page, ijk)
+    p1 = (p0[0] + 40, p0[1] + 10)
+    page.mouse.move(*p0)
+    page.mouse.down()
+    page.mouse.move(*p1, steps=8)
+    page.mouse.up()
+    painted = native_mask(page)
+    check(int(((painted == 2) & (after_model != 2)).sum()) > 0, "the brush painted class 2")
+    page.keyboard.press("s")
+    page.wait_for_function("() => window.annotator.metrics.saves.length === 1", timeout=30_000)
+    save = get_json(f"{base}/dev/log/1")[-1]
+    check(save["action"] == "save", f"saved: {save}")
+    check(np.array_equal(server_mask(base), painted), "the saved version is what the page shows")
+    effort = save["effort"]
+    check(effort["clicks"] == 2 and effort["model_calls"] == 2 and effort["strokes"] == 1, f"effort {effort}")
+    check(effort["seconds"] > 0, f"time on case counted: {effort}")
+    out["save"] = {"bytes": save["bytes"], "effort": effort}
+
+    # undo/redo
+    page.keyboard.press("Control+z")
+    check(np.array_equal(native_mask(page), after_model), "undo takes the stroke back")
+    page.keyboard.press("Control+Shift+z")
+    check(np.array_equal(native_mask(page), painted), "redo puts it back")
+
+    # someone saves elsewhere: the next save gets 409, the dialog offers a merge, the merge is saved
+    get_json(f"{base}/dev/bump/1")
+    bumped = server_mask(base)
+    page.keyboard.press("e")
+    q = point(page, ijk)
+    page.mouse.move(*q)
+    page.mouse.down()
+    page.mouse.move(q[0] + 15, q[1], steps=4)
+    page.mouse.up()
+    mine = native_mask(page)
+    page.keyboard.press("s")
+    page.wait_for_selector("#stale-dialog[open]", timeout=30_000)
+    page.click("#stale-merge")
+    page.wait_for_function("() => window.annotator.metrics.saves.length === 2", timeout=30_000)
+    merged = server_mask(base)
+    changed = mine != painted
+    check(np.array_equal(merged[changed], mine[changed]), "my edits are in the merged version")
+    check(np.array_equal(merged[~changed], bumped[~changed]), "the other version is kept elsewhere")
+    check(np.array_equal(native_mask(page), merged), "the page shows the merged version")
+    kinds = page.evaluate("() => window.annotator.metrics.saves.map(s => [s.kind, s.bytesSent])")
+    check(kinds[-1][0] == "delta", f"a small edit on a parent travels as a delta: {kinds}")
+    out["saves"] = kinds
+
+    # submit
+    page.click("#submit")
+    page.wait_for_selector("body.read-only", timeout=30_000)
+    check(get_json(f"{base}/dev/log/1")[-1]["action"] == "submit", "submitted")
+    check(not errors, f"page errors: {errors}")
+    return out
+
+
+def run_autosave(page: Page, base: str) -> dict:
+    page.goto(f"{base}/dev/case/1/")
+    page.wait_for_selector("body[data-viewer-ready]", timeout=60_000)
+    page.keyboard.press("b")
+    ijk = np.argwhere(truth(False) == 2)[0]
+    x, y = point(page, ijk)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 30, y + 5, steps=5)
+    page.mouse.up()
+    shown = native_mask(page)
+    page.wait_for_function("() => window.annotator.metrics.saves.length >= 1", timeout=30_000)
+    log = get_json(f"{base}/dev/log/1")
+    check([e["action"] for e in log] == ["save"], f"one autosave, nothing asked: {log}")
+    check(np.array_equal(server_mask(base), shown), "the autosaved version is what the page shows")
+    return {"saved": log[0]["kind"], "bytes": log[0]["bytes"]}
+
+
+def run_locked(page: Page, base: str) -> dict:
+    page.goto(f"{base}/dev/case/1/")
+    page.wait_for_selector("body[data-viewer-ready]", timeout=60_000)
+    text = page.inner_text("#lock-banner")
+    check("bob" in text and page.evaluate("document.body.classList.contains('read-only')"), f"banner: {text}")
+    return {"banner": text}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--screenshot", type=Path, default=None)
+    parser.add_argument("--reorient", action="store_true")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    result: dict = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            # no autosave during the scripted edits: each save below is asked for
+            with mock_server("--autosave", "3600", *(["--reorient"] if args.reorient else [])) as base:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                result["case"] = run(page, base, args.reorient, args.screenshot)
+            with mock_server("--autosave", "2") as base:
+                result["autosave"] = run_autosave(
+                    browser.new_page(viewport={"width": 1200, "height": 800}), base
+                )
+            with mock_server("--held-by", "bob") as base:
+                result["locked"] = run_locked(browser.new_page(viewport={"width": 1200, "height": 800}), base)
+        finally:
+            browser.close()
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["reorient"] = args.reorient
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
