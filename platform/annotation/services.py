@@ -130,7 +130,6 @@ def project_volumes_add(*, project: Project, volumes: Iterable[Volume], user: Us
         if v.id not in present
     ]
     Case.objects.bulk_create(new, ignore_conflicts=True)
-    volume_embeddings_request(volumes=[v for v in volumes if v.id not in present])
     if new:
         audit_event(
             actor=user, action="project.add_volumes", obj=project, volume_ids=[c.volume_id for c in new]
@@ -217,6 +216,9 @@ def case_take(*, case: Case, user: User) -> CaseLock:
         case.status = Case.Status.IN_PROGRESS
         case.save(update_fields=["assignee", "status", "updated_at"])
     audit_event(actor=user, action="case.take", obj=case, expired_holder=previous)
+    # Embeddings for the model tools, now that someone works on it (minutes per volume on a CPU: not
+    # for a whole project up front); a no-op in the worker when they exist.
+    volume_embeddings_request(volumes=[case.volume])
     return lock
 
 
@@ -520,7 +522,7 @@ class InteractiveAnswer:
 
 def volume_embeddings_request(*, volumes: Iterable[Volume]) -> None:
     """Queue the interactive model's embeddings of volumes (queue gpu), after commit. Idempotent: the
-    task skips a volume whose embeddings exist."""
+    task skips a volume whose embeddings exist. (Pre-segmentation will compute them ahead.)"""
     from annotation import tasks
 
     for volume in volumes:

@@ -63,7 +63,7 @@ def test_box_then_click_through_the_workers(workers, users, case, settings):
     holder = Client()
     holder.force_login(users["annotator"])
     assert holder.post(f"/api/cases/{case.id}/take/").status_code == 200
-    # the embeddings task, queued when the case was added, runs on the gpu worker
+    # the embeddings task, queued when the case was taken, runs on the gpu worker
     stored = EmbeddingCache(max_bytes=0, directory=embeddings_dir())
     deadline = time.monotonic() + 300
     while embeddings_key(case.volume.sha256) not in stored and time.monotonic() < deadline:
@@ -84,11 +84,12 @@ def test_box_then_click_through_the_workers(workers, users, case, settings):
 
 
 def test_no_embeddings_yet_is_503_and_queues_them(holder, case):
-    app.control.purge()
     with start(["interactive"]):  # no gpu worker: the embeddings stay queued
         refused = interact(holder, case, BOX)
     assert refused.status_code == 503
     assert "still preparing this volume" in refused.json()["message"]
+    with app.connection_for_write() as connection:  # waiting in Redis for a gpu worker
+        assert connection.default_channel.client.llen("gpu") >= 1
 
 
 def test_no_interactive_worker_is_504(holder, case, settings):
