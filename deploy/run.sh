@@ -38,6 +38,7 @@ if ! curl -fs -o /dev/null -u "annotator:$ORTHANC_PASSWORD" "http://127.0.0.1:${
 fi
 manage demo_load
 manage pacs_sync
+manage demo_project
 
 say "Starting web, Celery workers and beat (logs in var/log/)"
 cd "$REPO/platform"

@@ -612,3 +612,22 @@ def case_interact(*, case: Case, user: User, request: dict) -> InteractiveAnswer
         incremental=out["incremental"],
         model=out["model"],
     )
+
+
+DEMO_PROJECT = "Hippocampus (demo)"
+DEMO_LABELS = (LabelSpec(1, "anterior", "#e4572e"), LabelSpec(2, "posterior", "#29a36a"))
+
+
+def demo_project_ensure() -> tuple[Project, int]:
+    """The demo project: the hippocampus MR volumes loaded by ``demo_load`` (patients HIPPO-*), labels as
+    in MSD Task04. Idempotent: returns the project and how many volumes were added now."""
+    project = Project.objects.filter(name=DEMO_PROJECT).first() or project_create(
+        name=DEMO_PROJECT,
+        labels=DEMO_LABELS,
+        user=None,
+        modality="MR",
+        description="MSD Task04 hippocampus (CC-BY-SA 4.0): anterior and posterior hippocampus, T1 MR crops.",
+        interactive_model="litemedsam",
+    )
+    volumes = Volume.objects.filter(series__study__patient_id__startswith="HIPPO-").select_related("series")
+    return project, project_volumes_add(project=project, volumes=volumes, user=None)
