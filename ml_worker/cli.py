@@ -46,7 +46,11 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 # Modules that register more commands when imported (they import this one, so they load lazily).
-COMMAND_MODULES = ("ml_worker.inference.bench", "ml_worker.adaptation.pretrain_cli")
+COMMAND_MODULES = (
+    "ml_worker.inference.bench",
+    "ml_worker.adaptation.pretrain_cli",
+    "ml_worker.adaptation.train_cli",
+)
 
 
 def command(name: str, *, help: str, arguments: Sequence[Arg] = ()) -> Callable[[Handler], Handler]:
