@@ -8,7 +8,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import requests
 from django.test import Client
 
 from accounts.roles import Role
@@ -24,18 +23,6 @@ from pacs.services.sync import pacs_source_sync
 from studies.models import Series, Volume
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def seg_removed_after(orthanc):
-    """Deletes the SEG series a test stores from the session PACS, which other tests count."""
-    stored: list[str] = []
-    yield stored
-    rest = f"http://127.0.0.1:{orthanc.port}"
-    for uid in stored:
-        found = requests.post(f"{rest}/tools/lookup", data=uid, auth=orthanc.auth, timeout=10).json()
-        for item in found:
-            requests.delete(f"{rest}/series/{item['ID']}", auth=orthanc.auth, timeout=10).raise_for_status()
 
 
 def test_approving_a_case_puts_its_seg_in_the_pacs(
