@@ -15,6 +15,7 @@ from django.test import Client
 
 from annotation.interactive import answers_dir, embeddings_dir
 from annotation.models import MaskVersion
+from annotation.services import volume_embeddings_compute
 from annotation.tests.helpers import SHAPE
 from annotator.celery import app
 from ml_worker.inference.embeddings import EmbeddingCache
@@ -32,10 +33,10 @@ def start(queues: list[str]):
 
 
 @pytest.fixture
-def workers():
-    """As deployed: a worker for clicks and another for embeddings, so a click never waits behind them."""
+def worker_for(request):
+    """A worker on the given queues (one per test: Celery's test worker keeps process-wide state)."""
     app.control.purge()
-    with start(["interactive"]), start(["gpu"]):
+    with start(request.param):
         yield
 
 
@@ -58,16 +59,22 @@ def decode(mask: str) -> np.ndarray:
     return flat.reshape(SHAPE, order="F")
 
 
-def test_box_then_click_through_the_workers(workers, users, case, settings):
-    settings.INTERACTIVE_TIMEOUT_SECONDS = 120  # the first call loads the model, on a machine maybe busy
-    holder = Client()
-    holder.force_login(users["annotator"])
-    assert holder.post(f"/api/cases/{case.id}/take/").status_code == 200
-    # the embeddings task, queued when the case was taken, runs on the gpu worker
+@pytest.mark.parametrize("worker_for", [["gpu"]], indirect=True)
+def test_taking_a_case_has_the_gpu_worker_compute_its_embeddings(worker_for, holder, case):
     stored = EmbeddingCache(max_bytes=0, directory=embeddings_dir())
     deadline = time.monotonic() + 300
     while embeddings_key(case.volume.sha256) not in stored and time.monotonic() < deadline:
         time.sleep(0.5)
+    assert embeddings_key(case.volume.sha256) in stored
+
+
+@pytest.mark.parametrize("worker_for", [["interactive"]], indirect=True)
+def test_box_then_click_through_the_interactive_worker(worker_for, users, case, settings):
+    settings.INTERACTIVE_TIMEOUT_SECONDS = 120  # the first call loads the model, on a machine maybe busy
+    volume_embeddings_compute(volume_id=case.volume_id)  # what the gpu worker does (test above)
+    holder = Client()
+    holder.force_login(users["annotator"])
+    assert holder.post(f"/api/cases/{case.id}/take/").status_code == 200
     first = interact(holder, case, BOX)
     assert first.status_code == 200, first.json()
     body = first.json()
@@ -83,9 +90,9 @@ def test_box_then_click_through_the_workers(workers, users, case, settings):
     assert not MaskVersion.objects.exists()  # a model call saves nothing: the annotator saves
 
 
-def test_no_embeddings_yet_is_503_and_queues_them(holder, case):
-    with start(["interactive"]):  # no gpu worker: the embeddings stay queued
-        refused = interact(holder, case, BOX)
+@pytest.mark.parametrize("worker_for", [["interactive"]], indirect=True)
+def test_no_embeddings_yet_is_503_and_queues_them(worker_for, holder, case):
+    refused = interact(holder, case, BOX)  # no gpu worker: the embeddings stay queued
     assert refused.status_code == 503
     assert "still preparing this volume" in refused.json()["message"]
     with app.connection_for_write() as connection:  # waiting in Redis for a gpu worker
