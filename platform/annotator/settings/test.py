@@ -23,3 +23,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 PACS_TIMEOUT_SECONDS = 10
+# Each test run its own Redis key prefix: two runs on one machine (or a developer's run beside CI) never
+# take each other's tasks or results. Subprocesses inherit it through the environment.
+_REDIS_PREFIX = os.environ.setdefault("ANNOTATOR_TEST_REDIS_PREFIX", f"test-{os.getpid()}-")
+CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, "global_keyprefix": _REDIS_PREFIX}  # noqa: F405
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"global_keyprefix": _REDIS_PREFIX}
