@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from ml_worker.adaptation.peft import (
     load_adapter_state,
     model_kind,
 )
+from ml_worker.models.checkpoints import save_atomic
 
 __all__ = [
     "ADAPTER_FORMAT",
@@ -199,15 +198,7 @@ def save_adapter(
     )
     text = meta.to_json()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": ADAPTER_FORMAT, "metadata": text, "tensors": tensors}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomic({"format": ADAPTER_FORMAT, "metadata": text, "tensors": tensors}, path)
     return meta
 
 

@@ -28,8 +28,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +43,13 @@ from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
 from torch import nn
 
 from ml_worker.io.volume import load_volume
-from ml_worker.models.checkpoints import CheckpointError, autocast, load_state_dict, select_device
+from ml_worker.models.checkpoints import (
+    CheckpointError,
+    autocast,
+    load_state_dict,
+    save_atomic,
+    select_device,
+)
 from ml_worker.models.native3d import DIVISOR, Native3DConfig, Native3DNet, build_native3d, load_native3d
 from ml_worker.transforms.pipeline import preprocessing
 
@@ -470,18 +474,6 @@ def _fingerprint(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def _atomic_save(obj: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
@@ -589,7 +581,7 @@ def pretrain(
             if progress is not None:
                 progress(PretrainProgress(epoch, config.epochs, step, steps, total / step))
         losses.append(total / steps)
-        _atomic_save(
+        save_atomic(
             {
                 "format": PRETRAIN_FORMAT,
                 "epoch": epoch,
@@ -603,7 +595,7 @@ def pretrain(
             checkpoint_path,
         )
 
-    _atomic_save(
+    save_atomic(
         {
             "state_dict": _cpu(model.state_dict()),
             "config": config.network_config().to_dict(),

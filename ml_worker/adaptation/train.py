@@ -34,8 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,7 +68,7 @@ from ml_worker.inference.native import Native3DTask
 from ml_worker.inference.prompts import Box3D, Click, Prompts
 from ml_worker.inference.simulate import jittered_box
 from ml_worker.io.volume import load_volume
-from ml_worker.models.checkpoints import file_sha256, select_device
+from ml_worker.models.checkpoints import file_sha256, save_atomic, select_device
 from ml_worker.models.native3d import DIVISOR, Native3DConfig, load_native3d
 from ml_worker.transforms import preprocessing
 
@@ -255,18 +253,6 @@ def simulate_prompts(
         for i in rng.choice(len(near), size=min(n_neg, len(near)), replace=False):
             clicks.append(Click(label=value, ijk=tuple(int(c) for c in near[i]), positive=False))
     return Prompts(boxes=tuple(boxes), clicks=tuple(clicks))
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Trainer:
@@ -619,7 +605,7 @@ class Trainer:
         }
 
     def _save_checkpoint(self, epoch: int, cases: Sequence[TrainCase], history: list[dict[str, Any]]) -> None:
-        _atomic_save(
+        save_atomic(
             {
                 "format": CHECKPOINT_FORMAT,
                 "epoch": epoch,

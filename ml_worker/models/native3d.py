@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ import torch
 from monai.networks.nets import SegResNet
 from torch import nn
 
-from ml_worker.models.checkpoints import CheckpointError, check_state_dict, load_state_dict
+from ml_worker.models.checkpoints import CheckpointError, check_state_dict, load_state_dict, save_atomic
 
 __all__ = [
     "GUIDANCE_PER_CLASS",
@@ -247,15 +245,7 @@ def save_native3d(model: nn.Module, config: Native3DConfig, path: Path) -> Path:
     path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     check_state_dict(config.build(), state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"state_dict": state, "config": config.to_dict()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomic({"state_dict": state, "config": config.to_dict()}, path)
     return path
 
 

@@ -205,3 +205,18 @@ def test_autocast_is_mixed_precision_on_cuda_only():
         assert product.dtype in (torch.bfloat16, torch.float16)
     else:
         assert product.dtype == torch.float32
+
+
+def test_save_atomic_leaves_no_temporary_file_and_usual_permissions(tmp_path):
+    import os
+
+    from ml_worker.models.checkpoints import save_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = save_atomic({"w": torch.zeros(2)}, tmp_path / "sub" / "m.pt")
+    finally:
+        os.umask(old)
+    assert os.listdir(tmp_path / "sub") == ["m.pt"]
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by workers running as another user
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(2))
