@@ -81,6 +81,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "case_means",
+    "evaluate_task",
     "simulate_prompts",
 ]
 
@@ -204,6 +205,29 @@ class TrainResult:
 def case_means(per_case: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Mean Dice over the classes of each case (the per-case score the validation gate pairs)."""
     return {case: float(np.mean(list(scores.values()))) for case, scores in per_case.items() if scores}
+
+
+def evaluate_task(
+    task: Native3DTask, cases: Sequence[TrainCase], *, modality: str
+) -> dict[str, dict[str, float]]:
+    """Pre-segmentation Dice (no prompts) per case and per labelled class name, on the source grid.
+
+    Runs the inference path itself (sigmoid, threshold 0.5, the most probable class per voxel), so a
+    model is scored exactly as it will pre-segment.
+    """
+    names = {v: n for n, v in task.config.labels.items()}
+    out: dict[str, dict[str, float]] = {}
+    for case in cases:
+        image, affine = load_volume(case.image)
+        truth, _ = load_volume(case.label)
+        truth = np.rint(truth).astype(np.int64)
+        prediction = task(image=image, affine=affine, modality=modality)
+        out[case.case_id] = {
+            names[v]: dice(prediction.labels == v, truth == v)
+            for v in task.config.label_values
+            if v in case.labelled
+        }
+    return out
 
 
 def simulate_prompts(
@@ -546,26 +570,11 @@ class Trainer:
     # ---- evaluation ------------------------------------------------------------------------------
 
     def evaluate(self, cases: Sequence[TrainCase]) -> dict[str, dict[str, float]]:
-        """Pre-segmentation Dice (no prompts) per case and per labelled class name, on the source grid.
-
-        Runs :class:`~ml_worker.inference.native.Native3DTask`, the inference path itself (sigmoid,
-        threshold 0.5, the most probable class per voxel).
-        """
+        """Pre-segmentation Dice (no prompts) per case and per labelled class name (see
+        :func:`evaluate_task`)."""
         self._check_cases(cases, "evaluation")
         task = Native3DTask(network=self.network, config=self.config, device=self.device)
-        names = {v: n for n, v in self.config.labels.items()}
-        out: dict[str, dict[str, float]] = {}
-        for case in cases:
-            image, affine = load_volume(case.image)
-            truth, _ = load_volume(case.label)
-            truth = np.rint(truth).astype(np.int64)
-            prediction = task(image=image, affine=affine, modality=self.train.modality)
-            out[case.case_id] = {
-                names[v]: dice(prediction.labels == v, truth == v)
-                for v in self.config.label_values
-                if v in case.labelled
-            }
-        return out
+        return evaluate_task(task, cases, modality=self.train.modality)
 
     # ---- files -----------------------------------------------------------------------------------
 

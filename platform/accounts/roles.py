@@ -36,5 +36,8 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "accounts.view_user",
         "accounts.add_user",
         "accounts.change_user",
+        "learning.view_modelversion",
+        "learning.view_job",
+        "learning.manage_models",
     ],
 }

@@ -323,20 +323,28 @@ def _version_store(
 
 @transaction.atomic
 def presegmentation_create(*, case: Case, mask: np.ndarray, model_version: str) -> MaskVersion:
-    """Version 0 of a case, from a model. Running it again with the same mask returns the same version."""
+    """A model's mask for a case nobody has worked on: version 0, or, when a newer model pre-segments
+    it again, the next version on top of the previous model's. Running it again with the same mask
+    returns the same version.
+
+    Raises:
+        CaseStateError: a person has taken or edited the case (a model never writes over human work).
+    """
     case = _locked_case(case)
     mask = _as_labelmap(mask, volume=case.volume)
     head = _head(case)
     if head is not None:
-        if head.number == 0 and head.source == MaskVersion.Source.MODEL:
-            _, sha256 = mask_write(mask, affine=np.asarray(case.volume.affine))
-            if sha256 == head.sha256:
-                return head
-        raise CaseStateError(f"Case {case.id} has versions already; a pre-segmentation is only version 0.")
+        if head.source != MaskVersion.Source.MODEL or case.status != Case.Status.NEW:
+            raise CaseStateError(
+                f"Case {case.id} has human work; a model only pre-segments cases nobody has worked on."
+            )
+        _, sha256 = mask_write(mask, affine=np.asarray(case.volume.affine))
+        if sha256 == head.sha256:
+            return head
     version = _version_store(
         case=case,
         mask=mask,
-        parent=None,
+        parent=head,
         author=None,
         source=MaskVersion.Source.MODEL,
         effort=Effort(),

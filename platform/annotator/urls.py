@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 
 from annotation import views as annotation_views
 from common.health import healthz
+from learning import urls as learning_urls
 from pacs import views as pacs_views
 from studies import views as studies_views
 
@@ -16,9 +17,11 @@ urlpatterns = [
     path("worklist/", studies_views.worklist, name="worklist"),
     path("projects/", annotation_views.project_list, name="annotation-projects"),
     path("projects/<int:project_id>/", annotation_views.worklist, name="annotation-worklist"),
+    path("projects/<int:project_id>/learning/", include(learning_urls.urlpatterns)),
     path("cases/<int:case_id>/", annotation_views.case_page, name="annotation-case"),
     path("pacs/sources/", pacs_views.source_list, name="pacs-sources"),
     path("pacs/sources/<int:source_id>/sync", pacs_views.source_sync, name="pacs-source-sync"),
     path("api/", include("annotation.urls")),
+    path("api/", include(learning_urls.api_urlpatterns)),
     path("admin/", admin.site.urls),
 ]

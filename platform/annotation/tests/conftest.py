@@ -37,13 +37,18 @@ def users(db):
 
 @pytest.fixture
 def make_volume(db):
-    """make_volume(modality="MR", shape=SHAPE) -> a new studies.Volume in a study of its own."""
+    """make_volume(modality="MR", shape=SHAPE, array=None, affine=None) -> a new studies.Volume in a study
+    of its own (voxels: `array` on `affine`, or a ramp of `shape`)."""
     # A closed port: nothing in these tests talks to a PACS unless it means to see it fail.
     source = PacsSource.objects.create(name="Unreachable PACS", base_url="http://127.0.0.1:9/dicom-web")
 
     @transaction.atomic
-    def make(modality: str = "MR", shape: tuple[int, int, int] = SHAPE):
+    def make(modality: str = "MR", shape: tuple[int, int, int] = SHAPE, array=None, affine=None):
         n = next(_uids)
+        if array is None:
+            array = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+        shape = tuple(array.shape)
+        affine = np.diag([0.9, 0.9, 2.0, 1.0]) if affine is None else np.asarray(affine, dtype=np.float64)
         study = study_upsert(
             source=source,
             study_instance_uid=f"1.2.826.0.1.{n}",
@@ -61,16 +66,14 @@ def make_volume(db):
             series_number=1,
             num_instances=shape[2],
         )
-        array = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
-        affine = np.diag([0.9, 0.9, 2.0, 1.0])
         path, sha256 = save_volume(array, affine, volumes_dir())
         record = VolumeRecord(
             path=media_relative(path),
             sha256=sha256,
             shape=list(shape),
-            spacing=[0.9, 0.9, 2.0],
+            spacing=[float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)],
             affine=affine.tolist(),
-            dtype="int16",
+            dtype=str(array.dtype),
             nbytes=array.nbytes,
             sop_instance_uids=[f"1.2.826.0.1.{n}.1.{k}" for k in range(shape[2])],
             frame_numbers=[None] * shape[2],

@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "pacs",
     "studies",
     "annotation",
+    "learning",
 ]
 
 MIDDLEWARE = [

@@ -16,6 +16,9 @@ CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ROUTES = {
     "annotation.tasks.case_interactive_segment": {"queue": "interactive"},
     "annotation.tasks.volume_embeddings_compute": {"queue": "gpu"},
+    "learning.tasks.adaptation_run": {"queue": "train"},
+    "learning.tasks.pool_score": {"queue": "gpu"},
+    "learning.tasks.*": {"queue": "cpu"},
     "pacs.tasks.*": {"queue": "cpu"},
     "annotation.tasks.*": {"queue": "cpu"},
 }
@@ -34,4 +37,14 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(os.environ.get("PACS_POLL_SECONDS", "60")),
         "options": {"queue": "cpu", "expires": 55},
     },
+    "learning-tick": {
+        "task": "learning.tasks.learning_tick",
+        "schedule": float(os.environ.get("LEARNING_TICK_SECONDS", "60")),
+        "options": {"queue": "cpu", "expires": 55},
+    },
 }
+# Jobs (learning app): a running job's worker renews its lease at every progress report; a job held
+# past its lease by a worker that stopped is taken over. Queued jobs whose message got lost are re-sent.
+JOB_LEASE_SECONDS = float(os.environ.get("JOB_LEASE_SECONDS", "120"))
+JOB_REDISPATCH_SECONDS = float(os.environ.get("JOB_REDISPATCH_SECONDS", "600"))
+JOB_STALE_SECONDS = float(os.environ.get("JOB_STALE_SECONDS", "3600"))

@@ -28,3 +28,4 @@ PACS_TIMEOUT_SECONDS = 10
 _REDIS_PREFIX = os.environ.setdefault("ANNOTATOR_TEST_REDIS_PREFIX", f"test-{os.getpid()}-")
 CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, "global_keyprefix": _REDIS_PREFIX}  # noqa: F405
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"global_keyprefix": _REDIS_PREFIX}
+JOB_LEASE_SECONDS = 5.0  # the worker tests kill a worker and wait for the lease to pass

@@ -45,8 +45,25 @@ def test_version_zero_is_the_presegmentation_and_the_chain_grows_from_it(case, u
     assert v1.path == f"masks/{v1.sha256}.nii.gz"
     assert AuditEvent.objects.filter(action="version.create", actor=users["annotator"]).count() == 2
 
-    with pytest.raises(CaseStateError, match="has versions already"):
+    with pytest.raises(CaseStateError, match="has human work"):
         presegmentation_create(case=case, mask=labelmap(1), model_version="native3d@4")
+
+
+def test_a_newer_model_presegments_an_untouched_case_on_top_of_the_older_one(case, users):
+    v0 = presegmentation_create(case=case, mask=labelmap(2), model_version="native3d@3")
+    v1 = presegmentation_create(case=case, mask=labelmap(1), model_version="native3d@4")
+    assert (v1.number, v1.parent, v1.source, v1.model_version) == (
+        1,
+        v0,
+        MaskVersion.Source.MODEL,
+        "native3d@4",
+    )
+    assert presegmentation_create(case=case, mask=labelmap(1), model_version="native3d@4") == v1
+
+    case_take(case=case, user=users["annotator"])  # taken: the annotator's work starts from v1
+    with pytest.raises(CaseStateError, match="has human work"):
+        presegmentation_create(case=case, mask=labelmap(2), model_version="native3d@5")
+    assert case.versions.count() == 2
 
 
 def test_a_human_chain_is_human_until_a_model_helps(case, users):

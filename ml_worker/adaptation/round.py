@@ -1,0 +1,246 @@
+"""One turn of the learning loop as the platform runs it, with no Django: paths in, files and numbers out.
+
+- :func:`initial_checkpoint`: a project's first base, a seeded initialisation of the native 3D net.
+- :func:`adaptation_round`: adapt a base with a PEFT method on approved cases (resumable), score the
+  candidate and the active model on the same locked validation cases, let the gate judge, and write the
+  adapter and the merged weights the workers serve.
+- :class:`PoolScorer`: pre-segment and score unlabelled volumes with a model (or, at cold start, embed
+  them only), then rank them with a selection strategy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml_worker.adaptation.gate import GateError, GateResult, gate
+from ml_worker.adaptation.peft import get_method, merge
+from ml_worker.adaptation.train import (
+    ProgressCallback,
+    TrainCase,
+    TrainConfig,
+    Trainer,
+    case_means,
+    evaluate_task,
+)
+from ml_worker.inference.native import Native3DTask
+from ml_worker.io.volume import load_volume
+from ml_worker.models.native3d import Native3DConfig, save_native3d
+from ml_worker.uncertainty.embedding import intensity_embedding
+from ml_worker.uncertainty.pool import PoolItem
+from ml_worker.uncertainty.scorers import ScoringInput, score_volume
+from ml_worker.uncertainty.strategies import Ranked, get_strategy
+
+__all__ = ["GateOptions", "PoolScorer", "RoundResult", "adaptation_round", "initial_checkpoint"]
+
+SCORE_KEY = "entropy"
+
+
+def initial_checkpoint(
+    labels: Mapping[int, str],
+    path: Path,
+    *,
+    init_filters: int = 8,
+    roi_size: Sequence[int] = (48, 64, 48),
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+    seed: int = 0,
+) -> Path:
+    """Write a seeded, untrained native 3D net for the label set `labels` (value -> name) to `path`:
+    the base a project without a pretrained checkpoint starts from (its first round trains fully)."""
+    values = sorted(labels)
+    config = Native3DConfig(
+        num_classes=len(values),
+        class_names=tuple(labels[v] for v in values),
+        label_values=tuple(values),
+        init_filters=init_filters,
+        roi_size=tuple(roi_size),
+        spacing=None if spacing is None else tuple(spacing),
+    )
+    torch.manual_seed(seed)
+    return save_native3d(config.build(), config, path)
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """margin, alpha: see :func:`~ml_worker.adaptation.gate.gate`; floor: the least mean Dice of a
+    project's first model."""
+
+    margin: float = 0.01
+    alpha: float = 0.05
+    floor: float = 0.5
+
+
+@dataclass
+class RoundResult:
+    """What a round wrote and found.
+
+    validation: Dice per validation case and class of the candidate; active_validation: the same for
+    the active model (None without one). promotable/reason: the gate's verdict, also when it could not
+    decide (too few validation cases: not promotable, and why).
+    """
+
+    adapter: Path
+    weights: Path
+    base_sha256: str
+    method: str
+    history: list[dict[str, Any]]
+    validation: dict[str, dict[str, float]]
+    active_validation: dict[str, dict[str, float]] | None
+    promotable: bool
+    reason: str
+    gate: GateResult | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def validation_dice(self) -> float | None:
+        means = case_means(self.validation)
+        return float(np.mean(list(means.values()))) if means else None
+
+
+def _verdict(
+    candidate: dict[str, dict[str, float]],
+    active: dict[str, dict[str, float]] | None,
+    options: GateOptions,
+) -> tuple[bool, str, GateResult | None]:
+    if not candidate:
+        return False, "not promotable: no approved case of the locked validation split yet", None
+    try:
+        result = gate(
+            case_means(candidate),
+            None if active is None else case_means(active),
+            margin=options.margin,
+            alpha=options.alpha,
+            floor=options.floor,
+        )
+    except GateError as exc:
+        return False, f"not promotable: {exc}", None
+    return result.promotable, result.reason, result
+
+
+def adaptation_round(
+    *,
+    base: Path,
+    method: str,
+    cases: Sequence[TrainCase],
+    validation: Sequence[TrainCase],
+    train: TrainConfig,
+    out_dir: Path,
+    active: Path | None = None,
+    snapshot_ids: Sequence[str] = (),
+    options: GateOptions = GateOptions(),
+    progress: ProgressCallback | None = None,
+) -> RoundResult:
+    """Adapt `base` with `method` on `cases`, judge it against `active` on `validation`.
+
+    Training checkpoints each epoch under ``out_dir/checkpoint``; calling again with the same arguments
+    after a crash resumes there. The adapter (``out_dir/adapter.pt``) and the merged weights
+    (``out_dir/weights.pt``) are written atomically, last, so a crash never leaves half a model.
+
+    Raises:
+        CheckpointError: `base` or `active` is missing, corrupt, or does not fit.
+        ValueError: no training cases, or cases with labels outside the base's label set.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    trainer = Trainer.from_base(
+        Path(base),
+        method=get_method("native3d", method),
+        train=train,
+        checkpoint_dir=out_dir / "checkpoint",
+        progress=progress,
+    )
+    # The active model first: a bad file fails the round before any training time is spent.
+    active_task = (
+        None if active is None else Native3DTask.from_checkpoint(Path(active), device=trainer.device)
+    )
+    fitted = trainer.fit(cases, resume=True)
+    candidate = trainer.evaluate(validation) if validation else {}
+    active_scores = (
+        None
+        if active_task is None or not validation
+        else evaluate_task(active_task, validation, modality=train.modality)
+    )
+    promotable, reason, verdict = _verdict(candidate, active_scores, options)
+    means = case_means(candidate)
+    adapter = out_dir / "adapter.pt"
+    trainer.save_adapter(
+        adapter,
+        data_snapshot_ids=snapshot_ids,
+        metrics={"validation_dice": float(np.mean(list(means.values()))) if means else None},
+    )
+    weights = save_native3d(merge(trainer.network).cpu(), trainer.config, out_dir / "weights.pt")
+    return RoundResult(
+        adapter=adapter,
+        weights=weights,
+        base_sha256=trainer.base_sha256 or "",
+        method=method,
+        history=fitted.history,
+        validation=candidate,
+        active_validation=active_scores,
+        promotable=promotable,
+        reason=reason,
+        gate=verdict,
+        seconds=time.perf_counter() - start,
+    )
+
+
+class PoolScorer:
+    """Scores unlabelled volumes for the worklist.
+
+    With `weights` (the active model), each volume is pre-segmented and gets the entropy of the
+    prediction (mean over the foreground region, per class too) and an intensity embedding; without, it
+    gets the embedding only and :meth:`rank` orders by diversity (cold start).
+    """
+
+    def __init__(self, weights: Path | None, *, modality: str, device: str | None = None) -> None:
+        self.task = None if weights is None else Native3DTask.from_checkpoint(Path(weights), device=device)
+        self.modality = modality
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return () if self.task is None else self.task.config.class_names
+
+    def item(self, volume_id: str, path: Path) -> tuple[PoolItem, np.ndarray | None]:
+        """The volume's pool item and, with a model, its pre-segmentation (uint8 label map)."""
+        array, affine = load_volume(Path(path))
+        if self.task is None:
+            return PoolItem(volume_id=volume_id, embedding=intensity_embedding(array)), None
+        prediction = self.task(image=array, affine=affine, modality=self.modality)
+        inputs = ScoringInput(
+            volume_id=volume_id,
+            image=torch.as_tensor(np.asarray(array, dtype=np.float32))[None],
+            class_names=self.class_names,
+            probs=prediction.probabilities,
+        )
+        return score_volume(inputs, methods=[SCORE_KEY]), prediction.labels
+
+    @staticmethod
+    def embedded(volume_id: str, path: Path) -> PoolItem:
+        """A labelled volume as a diversity centre (its embedding only)."""
+        array, _ = load_volume(Path(path))
+        return PoolItem(volume_id=volume_id, embedding=intensity_embedding(array))
+
+    def rank(
+        self,
+        items: Sequence[PoolItem],
+        *,
+        strategy: str,
+        labelled: Sequence[PoolItem] = (),
+        k: int | None = None,
+        seed: int = 0,
+    ) -> list[Ranked]:
+        """The pool, most worth labelling first; by diversity when there is no model (cold start)."""
+        rng = np.random.default_rng(seed)
+        if self.task is not None:
+            return get_strategy(strategy).rank(items, k=k, labelled=labelled, rng=rng)
+        ranked = get_strategy("diversity").rank(items, k=k, labelled=labelled, rng=rng)
+        return [
+            Ranked(r.volume_id, r.score, f"no model yet, ranked by diversity: {r.reason}") for r in ranked
+        ]

@@ -1,0 +1,51 @@
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from common.exceptions import ApplicationError
+from learning.management.commands._shared import add_project_argument, dumps, project_get, user_get
+from learning.models import Job
+from learning.services import adaptation_start
+
+
+class Command(BaseCommand):
+    help = (
+        "Start an adaptation round of a project's model (queue train), or join the one already queued or "
+        "running; prints the job as JSON. With --wait, follows it to the end (exit 1 if it fails)."
+    )
+
+    def add_arguments(self, parser):
+        add_project_argument(parser)
+        parser.add_argument("--method", default="", help="PEFT method (default: the project's)")
+        parser.add_argument("--base-checkpoint", default="", help="start from this native 3D checkpoint")
+        parser.add_argument("--wait", action="store_true", help="wait until the job has finished")
+
+    def handle(self, *args, **options):
+        project = project_get(options["project"])
+        try:
+            job, created = adaptation_start(
+                project=project,
+                user=user_get(options["username"]),
+                method=options["method"],
+                base_checkpoint=options["base_checkpoint"],
+            )
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from None
+        if options["wait"]:
+            while not job.finished:
+                time.sleep(2)
+                job.refresh_from_db()
+        self.stdout.write(
+            dumps(
+                {
+                    "job": job.id,
+                    "created": created,
+                    "state": job.state,
+                    "progress": job.progress,
+                    "result": job.result,
+                    "error": job.error,
+                }
+            )
+        )
+        if job.state == Job.State.FAILED:
+            raise CommandError(f"job {job.id} failed: {job.error}")

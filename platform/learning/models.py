@@ -1,0 +1,159 @@
+"""The learning loop made visible: each project's learning policy, its model versions (a registry with
+lineage and one active version at most) and the jobs (adaptation, pre-segmentation and scoring) that
+change them.
+
+Writes go through learning.services; reads through learning.selectors.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def default_network() -> dict:
+    """The native 3D net a project without a pretrained base starts from (small: it trains on a CPU)."""
+    return {"init_filters": 8, "roi_size": [48, 64, 48], "spacing": [1.0, 1.0, 1.0]}
+
+
+class LearningPolicy(models.Model):
+    """How a project's model learns: when a round starts, with which method, how a candidate is judged.
+
+    ``base_checkpoint``: a native 3D checkpoint file an admin points to (a site's pretrained model);
+    empty: the first round trains the network from its initialisation (method ``full``).
+    """
+
+    project = models.OneToOneField("annotation.Project", on_delete=models.CASCADE, related_name="learning")
+    adapt_every = models.PositiveIntegerField(
+        default=5, help_text="Start an adaptation round when this many new masks were approved (0: never)"
+    )
+    method = models.CharField(max_length=32, default="lora_conv", help_text="PEFT method of a round")
+    strategy = models.CharField(
+        max_length=32, default="hybrid", help_text="Selection strategy of the worklist"
+    )
+    manual_promotion = models.BooleanField(
+        default=False, help_text="A candidate that passes the gate waits for an admin to promote it"
+    )
+    margin = models.FloatField(default=0.01, help_text="Least mean Dice gain over the active model")
+    alpha = models.FloatField(default=0.05, help_text="Significance of the paired test")
+    first_floor = models.FloatField(default=0.5, help_text="Least mean Dice of a project's first model")
+    base_checkpoint = models.CharField(max_length=500, blank=True)
+    network = models.JSONField(default=default_network, help_text="The initial network, without a base")
+    lr = models.FloatField(default=2e-3)
+    epochs = models.PositiveIntegerField(default=4)
+    steps_per_epoch = models.PositiveIntegerField(default=25)
+
+    def __str__(self) -> str:
+        return f"learning policy of {self.project}"
+
+
+class Job(models.Model):
+    """A long task as the UI sees it. The Celery message carries only the id; the state lives here, so
+    a lost message is re-sent and a duplicate finds the job taken or done."""
+
+    class Kind(models.TextChoices):
+        ADAPT = "adapt", "adaptation round"
+        SCORE = "score", "pre-segment and score the pool"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
+
+    UNFINISHED = (State.QUEUED, State.RUNNING)
+
+    project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    params = models.JSONField(default=dict)
+    result = models.JSONField(default=dict)
+    progress = models.FloatField(default=0.0, help_text="0-100")
+    log = models.TextField(blank=True, help_text="The last lines of the job's log")
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=128, blank=True, help_text="host:pid of the process running it")
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            # One unfinished job of a kind per project: a second trigger joins the first.
+            models.UniqueConstraint(
+                fields=["project", "kind"],
+                condition=Q(state__in=["queued", "running"]),
+                name="job_one_unfinished_per_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(progress__gte=0, progress__lte=100), name="job_progress_0_100"
+            ),
+        ]
+        permissions = [("manage_models", "Can start and cancel adaptation, promote and roll back models")]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} {self.kind} ({self.state})"
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in self.UNFINISHED
+
+
+class ModelVersion(models.Model):
+    """One model of a project: a frozen base checkpoint plus an adapter, and the merged weights the
+    workers serve. Files are written before the row exists, so a row never points at a half-written
+    file. At most one version per project is active (the DB enforces it)."""
+
+    class State(models.TextChoices):
+        CANDIDATE = "candidate", "candidate"
+        ACTIVE = "active", "active"
+        RETIRED = "retired", "retired"
+
+    project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="model_versions")
+    number = models.PositiveIntegerField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.CANDIDATE)
+    parent = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="children"
+    )
+    job = models.OneToOneField(
+        Job, on_delete=models.PROTECT, null=True, blank=True, related_name="model_version"
+    )
+    method = models.CharField(max_length=32)
+    base_path = models.CharField(max_length=500, help_text="The base checkpoint, relative to MEDIA_ROOT")
+    base_sha256 = models.CharField(max_length=64)
+    adapter_path = models.CharField(max_length=500)
+    adapter_sha256 = models.CharField(max_length=64)
+    weights_path = models.CharField(max_length=500, help_text="Base and adapter merged, for inference")
+    weights_sha256 = models.CharField(max_length=64)
+    snapshot = models.JSONField(default=list, help_text="Ids of the approved mask versions it learned from")
+    validation = models.JSONField(default=dict, help_text="Dice per validation case and class")
+    validation_dice = models.FloatField(null=True, blank=True, help_text="Mean over validation cases")
+    gate = models.JSONField(default=dict, help_text="The validation gate's decision and why")
+    history = models.JSONField(default=list)
+    train_seconds = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["project_id", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="model_version_number_unique"),
+            models.UniqueConstraint(
+                fields=["project"], condition=Q(state="active"), name="model_version_one_active"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} model v{self.number} ({self.state})"
+
+    @property
+    def label(self) -> str:
+        """What pre-segmentations and scores record as their model (MaskVersion.model_version)."""
+        return f"native3d:p{self.project_id}v{self.number}"

@@ -1,0 +1,600 @@
+"""Writes of the learning loop: jobs and their lifecycle, adaptation rounds, the model registry
+(promotion, rollback) and scoring of the unlabelled pool.
+
+The worker-side functions (``*_run``) take a job id: they claim the job row, do the work through
+ml_worker, and record the outcome in PostgreSQL and the media store, never only in the broker. A
+message delivered twice finds its job taken or finished; a lost one is sent again by
+:func:`jobs_recover`; a killed worker's job is taken over and resumes from its training checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from accounts.models import User
+from annotation.errors import CaseStateError
+from annotation.models import Case, MaskVersion, Project, Review
+from annotation.services import CaseScore, audit_event, case_scores_set, presegmentation_create
+from common.exceptions import ApplicationError
+from common.media import media_path, media_relative
+from learning.models import Job, LearningPolicy, ModelVersion
+
+log = logging.getLogger(__name__)
+
+LOG_LINES = 40
+COLD_START = "diversity (cold start)"
+
+
+class JobCancelled(Exception):
+    """An admin asked the running job to stop."""
+
+
+class JobBusy(Exception):
+    """Another live worker holds the job (a duplicate delivery): look again after ``retry_after`` s."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"job held by another worker; retry in {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.JOB_LEASE_SECONDS)
+
+
+def policy_get(project: Project) -> LearningPolicy:
+    return LearningPolicy.objects.get_or_create(project=project)[0]
+
+
+# ---- jobs -----------------------------------------------------------------------------------------
+
+
+def job_dispatch(job_id: int) -> None:
+    """Send a job's message (its id only) to its queue; marks when, so a lost message is noticed."""
+    from learning import tasks
+
+    job = Job.objects.get(pk=job_id)
+    task = {Job.Kind.ADAPT: tasks.adaptation_run, Job.Kind.SCORE: tasks.pool_score}[job.kind]
+    task.delay(job.id)
+    Job.objects.filter(pk=job.id, state=Job.State.QUEUED).update(dispatched_at=timezone.now())
+
+
+def job_create(*, project: Project, kind: str, params: dict, user: User | None) -> tuple[Job, bool]:
+    """A queued job of `kind` for `project`, sent after commit; or the unfinished one of that kind that
+    exists already (one per project and kind: a second trigger joins the first). Returns (job, created)."""
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(project=project, kind=kind, params=params, created_by=user)
+    except IntegrityError:
+        existing = Job.objects.filter(project=project, kind=kind, state__in=Job.UNFINISHED).first()
+        if existing is None:  # finished in between: try once more
+            return job_create(project=project, kind=kind, params=params, user=user)
+        return existing, False
+    audit_event(actor=user, action=f"job.{kind}", obj=job, **params)
+    transaction.on_commit(lambda: job_dispatch(job.id))
+    return job, True
+
+
+def job_cancel(*, job: Job, user: User) -> Job:
+    """Cancel a queued job at once; ask a running one to stop (it stops at its next progress report).
+    A finished job cannot be cancelled."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.finished:
+            raise ApplicationError(f"Job {job.id} has {job.state} already; there is nothing to cancel.")
+        if job.state == Job.State.QUEUED:
+            job.state, job.finished_at = Job.State.CANCELLED, timezone.now()
+            job.log = _tail(job.log, f"cancelled by {user.username} before it started")
+        else:
+            job.cancel_requested = True
+            job.log = _tail(job.log, f"cancellation requested by {user.username}")
+        job.save()
+        audit_event(actor=user, action="job.cancel", obj=job)
+    return job
+
+
+def _tail(log_text: str, line: str) -> str:
+    lines = (log_text.splitlines() + [f"{timezone.now():%H:%M:%S} {line}"])[-LOG_LINES:]
+    return "\n".join(lines)
+
+
+def _dead_here(worker: str) -> bool:
+    """Whether `worker` (host:pid) was a process on this host that no longer runs."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class JobRun:
+    """A claimed job as its worker sees it: report progress and log lines (which also renews the lease
+    and notices a cancellation)."""
+
+    job: Job
+    min_interval: float = 1.0
+    _last: float = 0.0
+
+    def report(self, progress: float | None = None, line: str | None = None, *, force: bool = False) -> None:
+        now = timezone.now()
+        if not force and line is None and (now.timestamp() - self._last) < self.min_interval:
+            return
+        self._last = now.timestamp()
+        with transaction.atomic():
+            job = Job.objects.select_for_update().get(pk=self.job.pk)
+            if job.cancel_requested:
+                raise JobCancelled()
+            if progress is not None:
+                job.progress = max(0.0, min(100.0, float(progress)))
+            if line:
+                job.log = _tail(job.log, line)
+            job.heartbeat_at = now
+            job.save(update_fields=["progress", "log", "heartbeat_at"])
+        self.job = job
+
+
+def _claim(job_id: int, kind: str) -> Job | None:
+    """Take the job for this process: None when it is finished (nothing to do)."""
+    me = worker_id()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, kind=kind).first()
+        if job is None or job.finished:
+            return None
+        now = timezone.now()
+        if job.state == Job.State.RUNNING and job.worker != me:
+            fresh = job.heartbeat_at is not None and now - job.heartbeat_at < _lease()
+            if fresh and not _dead_here(job.worker):
+                raise JobBusy(settings.JOB_LEASE_SECONDS)
+            job.log = _tail(job.log, f"worker {job.worker} was lost; {me} takes over")
+        if job.cancel_requested:
+            job.state, job.finished_at = Job.State.CANCELLED, now
+            job.save()
+            return None
+        job.state, job.worker, job.heartbeat_at = Job.State.RUNNING, me, now
+        job.started_at = job.started_at or now
+        job.attempts += 1
+        job.log = _tail(job.log, f"started on {me} (attempt {job.attempts})")
+        job.save()
+        return job
+
+
+def _finish(job: Job, state: str, *, result: dict | None = None, error: str = "", line: str = "") -> None:
+    with transaction.atomic():
+        row = Job.objects.select_for_update().get(pk=job.pk)
+        if row.finished:
+            return
+        row.state, row.finished_at, row.error = state, timezone.now(), error
+        if result is not None:
+            row.result = result
+        if state == Job.State.SUCCEEDED:
+            row.progress = 100.0
+        row.log = _tail(row.log, line or state)
+        row.save()
+
+
+@contextmanager
+def job_running(job_id: int, kind: str) -> Iterator[JobRun | None]:
+    """Claim the job and record how it ends: cancelled, failed with a message for the admin (a user's
+    error, a bad checkpoint), or failed as an internal error (logged, then re-raised). Yields None when
+    there is nothing to do (finished already, or cancelled before it started)."""
+    from ml_worker.adaptation.adapter import AdapterError
+    from ml_worker.models.checkpoints import CheckpointError
+
+    job = _claim(job_id, kind)
+    if job is None:
+        yield None
+        return
+    run = JobRun(job)
+    try:
+        yield run
+    except JobCancelled:
+        _finish(job, Job.State.CANCELLED, line="cancelled")
+    except (ApplicationError, CheckpointError, AdapterError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        _finish(job, Job.State.FAILED, error=message, line=f"failed: {message}")
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        message = f"internal error ({type(exc).__name__}: {exc}); see the worker log"
+        _finish(job, Job.State.FAILED, error=message, line="failed: internal error")
+        raise
+
+
+def jobs_recover() -> dict:
+    """Beat's safety net: re-send queued jobs whose message was lost (a broker without persistence
+    restarted), and fail running jobs whose worker stopped reporting long ago."""
+    now = timezone.now()
+    resend = Job.objects.filter(
+        state=Job.State.QUEUED, dispatched_at__lt=now - timedelta(seconds=settings.JOB_REDISPATCH_SECONDS)
+    )
+    resent = []
+    for job in resend:
+        job_dispatch(job.id)
+        resent.append(job.id)
+    stale = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
+    failed = []
+    for job in Job.objects.filter(state=Job.State.RUNNING, heartbeat_at__lt=stale):
+        _finish(
+            job,
+            Job.State.FAILED,
+            error=f"the worker ({job.worker}) stopped reporting at {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC",
+            line="failed: worker lost",
+        )
+        failed.append(job.id)
+    return {"resent": resent, "failed": failed}
+
+
+# ---- model registry -------------------------------------------------------------------------------
+
+
+def active_version(project: Project) -> ModelVersion | None:
+    return ModelVersion.objects.filter(project=project, state=ModelVersion.State.ACTIVE).first()
+
+
+def _activate(version: ModelVersion, *, user: User | None, action: str) -> ModelVersion:
+    LearningPolicy.objects.select_for_update().get_or_create(project=version.project)  # serialise per project
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    previous = active_version(version.project)
+    if previous is not None:
+        if previous.pk == version.pk:
+            raise ApplicationError(f"Model v{version.number} is the active model already.")
+        previous.state = ModelVersion.State.RETIRED
+        previous.save(update_fields=["state"])
+    version.state, version.activated_at = ModelVersion.State.ACTIVE, timezone.now()
+    version.save(update_fields=["state", "activated_at"])
+    audit_event(
+        actor=user, action=action, obj=version, previous=None if previous is None else previous.number
+    )
+    project, by = version.project, user
+    transaction.on_commit(lambda: pool_score_start(project=project, user=by))
+    return version
+
+
+@transaction.atomic
+def model_promote(*, version: ModelVersion, user: User | None) -> ModelVersion:
+    """Make a candidate the active model (the previous one retires); the pool is re-scored with it.
+    Only a candidate the validation gate found better may be promoted."""
+    if version.state != ModelVersion.State.CANDIDATE:
+        raise ApplicationError(
+            f"Model v{version.number} is {version.state}, not a candidate; to go back to it, roll back."
+        )
+    if not version.gate.get("promotable"):
+        raise ApplicationError(
+            f"Model v{version.number} did not pass the validation gate: {version.gate.get('reason', '')}"
+        )
+    return _activate(version, user=user, action="model.promote")
+
+
+@transaction.atomic
+def model_rollback(*, version: ModelVersion, user: User) -> ModelVersion:
+    """Make an earlier model active again in one action (the current one retires)."""
+    if version.activated_at is None:
+        raise ApplicationError(
+            f"Model v{version.number} was never active: a rollback returns to an earlier active model; "
+            "a candidate is promoted (if the validation gate allows)."
+        )
+    return _activate(version, user=user, action="model.rollback")
+
+
+def _file(path: Path) -> tuple[str, str]:
+    from ml_worker.models.checkpoints import file_sha256
+
+    return media_relative(path), file_sha256(path)
+
+
+@transaction.atomic
+def model_version_record(*, job: Job, result, parent: ModelVersion | None, base: Path, snapshot: list[int]):
+    """The row of a round's model, once its files exist; the same job never records two."""
+    existing = ModelVersion.objects.filter(job=job).first()
+    if existing is not None:
+        return existing
+    LearningPolicy.objects.select_for_update().get_or_create(project=job.project)
+    number = (ModelVersion.objects.filter(project=job.project).aggregate(n=Max("number"))["n"] or 0) + 1
+    base_path = str(base) if not str(base).startswith(str(settings.MEDIA_ROOT)) else media_relative(base)
+    adapter_path, adapter_sha = _file(result.adapter)
+    weights_path, weights_sha = _file(result.weights)
+    gate = {"promotable": result.promotable, "reason": result.reason}
+    if result.gate is not None:
+        gate.update(
+            p_value=result.gate.p_value,
+            mean_delta=result.gate.mean_delta,
+            n=result.gate.n,
+            candidate_mean=result.gate.candidate_mean,
+            active_mean=result.gate.active_mean,
+        )
+    version = ModelVersion.objects.create(
+        project=job.project,
+        number=number,
+        parent=parent,
+        job=job,
+        method=result.method,
+        base_path=base_path,
+        base_sha256=result.base_sha256,
+        adapter_path=adapter_path,
+        adapter_sha256=adapter_sha,
+        weights_path=weights_path,
+        weights_sha256=weights_sha,
+        snapshot=snapshot,
+        validation=result.validation,
+        validation_dice=result.validation_dice,
+        gate=gate,
+        history=result.history,
+        train_seconds=result.seconds,
+    )
+    audit_event(actor=None, action="model.candidate", obj=version, gate=gate)
+    return version
+
+
+# ---- adaptation -----------------------------------------------------------------------------------
+
+
+def approved_versions(project: Project) -> dict[int, MaskVersion]:
+    """Case id -> the version its approval is about (approved cases only)."""
+    reviews = (
+        Review.objects.filter(
+            case__project=project, case__status=Case.Status.APPROVED, decision=Review.Decision.APPROVE
+        )
+        .select_related("version", "case__volume")
+        .order_by("case_id", "created_at")
+    )
+    return {r.case_id: r.version for r in reviews}
+
+
+def _approved_at_last_round(project: Project) -> int:
+    """Approved masks counted when the last round was asked for (cancelled rounds do not count)."""
+    jobs = Job.objects.filter(project=project, kind=Job.Kind.ADAPT).exclude(state=Job.State.CANCELLED)
+    return max((int(j.params.get("approved", 0)) for j in jobs), default=0)
+
+
+def _check_method(name: str) -> str:
+    from ml_worker.adaptation.peft import get_method
+
+    try:
+        get_method("native3d", name)
+    except (KeyError, ValueError) as exc:
+        raise ApplicationError(str(exc).strip("'\"")) from None
+    return name
+
+
+def adaptation_start(
+    *,
+    project: Project,
+    user: User | None,
+    method: str = "",
+    base_checkpoint: str = "",
+    trigger: str = "admin",
+) -> tuple[Job, bool]:
+    """Queue an adaptation round (queue train) with `method` (default: the project's); joins the round
+    already queued or running. `base_checkpoint`: start from this native 3D checkpoint file instead of
+    the active model (e.g. a site's pretrained network)."""
+    policy = policy_get(project)
+    params = {
+        "method": _check_method(method or policy.method),
+        "approved": len(approved_versions(project)),
+        "trigger": trigger,
+    }
+    if base_checkpoint:
+        params["base_checkpoint"] = base_checkpoint
+    return job_create(project=project, kind=Job.Kind.ADAPT, params=params, user=user)
+
+
+def _train_cases(project: Project, approved: dict[int, MaskVersion]):
+    from ml_worker.adaptation.train import TrainCase
+
+    values = tuple(project.labels.values_list("value", flat=True))
+    cases = {"train": [], "validation": []}
+    for version in approved.values():
+        case = version.case
+        if case.split in cases:
+            cases[case.split].append(
+                TrainCase(
+                    image=media_path(case.volume.path),
+                    label=media_path(version.path),
+                    labelled=values,
+                    case_id=f"case-{case.id}",
+                )
+            )
+    return cases["train"], cases["validation"]
+
+
+def _base_for(project: Project, job: Job, policy: LearningPolicy, active: ModelVersion | None) -> Path:
+    """The checkpoint a round starts from: the one the admin named, the active model (warm start), the
+    project's pretrained base, or a seeded initialisation of the network."""
+    from ml_worker.adaptation.round import initial_checkpoint
+
+    named = job.params.get("base_checkpoint") or ("" if active is not None else policy.base_checkpoint)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ApplicationError(f"The base checkpoint {named} does not exist (as seen by the worker).")
+        return path
+    if active is not None:
+        return media_path(active.weights_path)
+    path = media_path(f"models/project-{project.id}/init.pt")
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labels = dict(project.labels.values_list("value", "name"))
+        try:
+            initial_checkpoint(labels, path, **policy.network)
+        except (TypeError, ValueError) as exc:
+            raise ApplicationError(
+                f"The project's network settings {policy.network} are invalid: {exc}"
+            ) from None
+    return path
+
+
+def adaptation_run(*, job_id: int) -> ModelVersion | None:
+    """Worker side of an adaptation round (see ml_worker.adaptation.round): train, judge on the locked
+    validation split, record the candidate, promote it when the gate says so and the project does not
+    ask for manual promotion."""
+    from ml_worker.adaptation.round import GateOptions, adaptation_round
+    from ml_worker.adaptation.train import TrainConfig
+
+    with job_running(job_id, Job.Kind.ADAPT) as run:
+        if run is None:
+            return ModelVersion.objects.filter(job_id=job_id).first()
+        job = run.job
+        project = job.project
+        policy = policy_get(project)
+        approved = approved_versions(project)
+        cases, validation = _train_cases(project, approved)
+        if not cases:
+            raise ApplicationError(
+                "No approved mask in the train split yet: approve some cases before adapting."
+            )
+        active = active_version(project)
+        base = _base_for(project, job, policy, active)
+        method = job.params["method"]
+        if active is None and not (job.params.get("base_checkpoint") or policy.base_checkpoint):
+            method = "full"  # an initialisation has nothing to keep frozen
+        start = base.name
+        if active is not None and base == media_path(active.weights_path):
+            start = f"the active model v{active.number}"
+        run.report(1, f"{method} on {len(cases)} train and {len(validation)} validation cases, from {start}")
+        train = TrainConfig(
+            epochs=policy.epochs,
+            steps_per_epoch=policy.steps_per_epoch,
+            lr=policy.lr,
+            seed=job.id,
+            modality=project.modality or "MR",
+            validate_every=policy.epochs,
+        )
+        total = train.epochs * train.steps_per_epoch
+
+        def progress(epoch: int, step: int, steps: int, metrics: dict) -> None:
+            line = None
+            if step % (train.steps_per_epoch or 1) == 0:
+                line = f"epoch {epoch}: loss {metrics.get('loss', 0):.4f}"
+            run.report(2 + 88 * step / max(total, 1), line)
+
+        result = adaptation_round(
+            base=base,
+            method=method,
+            cases=cases,
+            validation=validation,
+            train=train,
+            out_dir=media_path(f"models/project-{project.id}/job-{job.id}"),
+            active=None if active is None else media_path(active.weights_path),
+            snapshot_ids=[str(v.id) for v in approved.values()],
+            options=GateOptions(margin=policy.margin, alpha=policy.alpha, floor=policy.first_floor),
+            progress=progress,
+        )
+        run.report(95, result.reason)
+        version = model_version_record(
+            job=job,
+            result=result,
+            parent=active,
+            base=base,
+            snapshot=sorted(v.id for v in approved.values()),
+        )
+        outcome = "candidate"
+        if result.promotable and not policy.manual_promotion:
+            model_promote(version=version, user=None)
+            outcome = "promoted"
+        elif result.promotable:
+            outcome = "candidate (waits for an admin to promote it)"
+        _finish(
+            job,
+            Job.State.SUCCEEDED,
+            result={
+                "model_version": version.number,
+                "outcome": outcome,
+                "validation_dice": version.validation_dice,
+            },
+            line=f"model v{version.number}: {outcome}",
+        )
+        return version
+
+
+# ---- pre-segmentation and scoring -----------------------------------------------------------------
+
+
+def pool_score_start(*, project: Project, user: User | None = None) -> tuple[Job, bool]:
+    """Queue pre-segmentation and scoring of the project's unlabelled cases (queue gpu)."""
+    return job_create(project=project, kind=Job.Kind.SCORE, params={}, user=user)
+
+
+def pool_score_run(*, job_id: int) -> int | None:
+    """Worker side: with the active model, pre-segment each new case nobody has worked on (a newer
+    version on top of an older model's) and score it; rank the pool with the project's strategy (by
+    diversity at cold start) and store the worklist order. Returns how many cases were scored."""
+    from ml_worker.adaptation.round import PoolScorer
+
+    with job_running(job_id, Job.Kind.SCORE) as run:
+        if run is None:
+            return None
+        project = run.job.project
+        policy = policy_get(project)
+        active = active_version(project)
+        scorer = PoolScorer(
+            None if active is None else media_path(active.weights_path), modality=project.modality or "MR"
+        )
+        label = COLD_START if active is None else active.label
+        pool = list(Case.objects.filter(project=project, status=Case.Status.NEW).select_related("volume"))
+        run.report(0, f"scoring {len(pool)} unlabelled cases with {label}", force=True)
+        items = []
+        for i, case in enumerate(pool, 1):
+            item, labels = scorer.item(str(case.id), media_path(case.volume.path))
+            items.append(item)
+            if labels is not None:
+                try:
+                    presegmentation_create(case=case, mask=labels, model_version=label)
+                except CaseStateError:
+                    pass  # taken meanwhile: the annotator's work wins
+            run.report(90 * i / max(len(pool), 1))
+        done = Case.objects.filter(project=project).exclude(status=Case.Status.NEW).select_related("volume")
+        labelled = [scorer.embedded(f"done-{c.id}", media_path(c.volume.path)) for c in done[:500]]
+        ranked = scorer.rank(items, strategy=policy.strategy, labelled=labelled)
+        scores = [
+            CaseScore(case_id=int(r.volume_id), score=float(len(ranked) - i), reason=r.reason)
+            for i, r in enumerate(ranked)
+        ]
+        case_scores_set(
+            project=project, scores=scores, model=label, version="" if active is None else str(active.number)
+        )
+        _finish(run.job, Job.State.SUCCEEDED, result={"scored": len(scores), "model": label})
+        return len(scores)
+
+
+# ---- the periodic check ---------------------------------------------------------------------------
+
+
+def learning_tick() -> dict:
+    """What beat runs every minute: recover lost jobs; per project, start a round when enough new masks
+    were approved since the last one, and score new or stale cases of the pool."""
+    out = {"recovered": jobs_recover(), "adapt": [], "score": []}
+    for project in Project.objects.all():
+        policy = policy_get(project)
+        approved = len(approved_versions(project))
+        if policy.adapt_every and approved - _approved_at_last_round(project) >= policy.adapt_every:
+            job, created = adaptation_start(project=project, user=None, trigger="auto")
+            if created:
+                out["adapt"].append(job.id)
+        active = active_version(project)
+        label = COLD_START if active is None else active.label
+        stale = Case.objects.filter(project=project, status=Case.Status.NEW).exclude(score_model=label)
+        if stale.exists():
+            job, created = pool_score_start(project=project)
+            if created:
+                out["score"].append(job.id)
+    return out

@@ -1,0 +1,383 @@
+"""The learning dashboard (learning.views), its jobs API (learning.api) and charts (learning.plots):
+who may see it, model versions with lineage and gate, promotion, rollback, retraining, cancelling,
+live job progress, the operations panel with the broker down, and effort per approved case.
+Real PostgreSQL and Redis; model versions and jobs are rows made here (the page needs no files)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from accounts.models import User
+from annotation.models import Case
+from annotation.services import (
+    LabelSpec,
+    case_review,
+    case_submit,
+    case_take,
+    presegmentation_create,
+    project_create,
+    project_volumes_add,
+)
+from annotation.tests.helpers import labelmap, save
+from annotator.celery import app
+from learning import selectors
+from learning.models import Job, ModelVersion
+
+pytestmark = pytest.mark.django_db
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def client_for(user: User | None) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def model_version(
+    project, number: int, *, state: str, parent=None, gate=None, dice=0.5, approved=0, active_at=None
+):
+    return ModelVersion.objects.create(
+        project=project,
+        number=number,
+        state=state,
+        parent=parent,
+        method="lora_conv" if parent else "full",
+        base_path="models/base.pt",
+        base_sha256="0" * 64,
+        adapter_path=f"models/v{number}.adapter.pt",
+        adapter_sha256="1" * 64,
+        weights_path=f"models/v{number}.pt",
+        weights_sha256="2" * 64,
+        snapshot=list(range(1, approved + 1)),
+        validation_dice=dice,
+        gate=gate or {},
+        train_seconds=75.0 * number,
+        activated_at=active_at,
+    )
+
+
+@pytest.fixture
+def project(users):
+    return project_create(
+        name="Hippocampus",
+        modality="MR",
+        labels=[LabelSpec(1, "anterior", "#ff0000"), LabelSpec(2, "posterior", "#00ff00")],
+        user=users["admin"],
+    )
+
+
+@pytest.fixture
+def registry(project):
+    """v1 (was active, retired) <- v2 (active) <- v3 (candidate, gate passed) and v4 (candidate, gate
+    failed)."""
+    now = timezone.now()
+    v1 = model_version(
+        project, 1, state="retired", dice=0.61, approved=5, active_at=now - timedelta(days=2),
+        gate={"promotable": True, "reason": "first model: Dice 0.610 >= floor 0.500"},
+    )  # fmt: skip
+    v2 = model_version(
+        project, 2, state="active", parent=v1, dice=0.70, approved=10, active_at=now - timedelta(days=1),
+        gate={"promotable": True, "reason": "better than v1", "p_value": 0.01, "mean_delta": 0.09, "n": 6},
+    )  # fmt: skip
+    v3 = model_version(
+        project, 3, state="candidate", parent=v2, dice=0.74, approved=15,
+        gate={"promotable": True, "reason": "better than v2 by 0.040 (p=0.020)", "p_value": 0.02},
+    )  # fmt: skip
+    v4 = model_version(
+        project, 4, state="candidate", parent=v2, dice=0.69, approved=15,
+        gate={"promotable": False, "reason": "not better than the active model (p=0.410)", "p_value": 0.41},
+    )  # fmt: skip
+    return {1: v1, 2: v2, 3: v3, 4: v4}
+
+
+def states(project) -> dict[int, str]:
+    return dict(ModelVersion.objects.filter(project=project).values_list("number", "state"))
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_admin_sees_versions_with_lineage_gate_and_actions(users, project, registry):
+    response = client_for(users["admin"]).get(f"/projects/{project.id}/learning/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    rows = {row.version.number: row for row in response.context["versions"]}
+    assert [n for n in rows] == [4, 3, 2, 1]
+    assert rows[3].lineage == "v3 ← v2 ← v1" and rows[4].lineage == "v4 ← v2 ← v1"
+    assert rows[3].approved == 15 and rows[1].lineage == "v1"
+    assert "v3 ← v2 ← v1" in html
+    assert "better than v2 by 0.040 (p=0.020)" in html
+    assert "not better than the active model (p=0.410)" in html
+    # promote: only the candidate that passed; roll back: only a version that was active before
+    assert (
+        f"/versions/{registry[3].id}/promote/" in html and f"/versions/{registry[4].id}/promote/" not in html
+    )
+    assert f"/versions/{registry[1].id}/rollback/" in html
+    assert (
+        f"/versions/{registry[2].id}/rollback/" not in html
+        and f"/versions/{registry[3].id}/rollback/" not in html
+    )
+    assert html.count('name="csrfmiddlewaretoken"') >= 3
+    assert 'src="/static/learning/dashboard.js"' in html
+    assert f'src="/projects/{project.id}/learning/curve.png"' in html
+    # the retrain form offers the native 3D PEFT methods, the project's own selected
+    assert re.search(r'<option value="lora_conv" selected>', html)
+    assert '<option value="norm"' in html and '<option value="full"' in html
+
+
+def test_the_dashboard_needs_the_permission(users, project, registry):
+    job = Job.objects.create(project=project, kind=Job.Kind.ADAPT)
+    base = f"/projects/{project.id}/learning/"
+    gets = [base, base + "curve.png", base + "effort.png"]
+    posts = [
+        base + "retrain/",
+        base + f"versions/{registry[3].id}/promote/",
+        base + f"versions/{registry[1].id}/rollback/",
+        base + f"jobs/{job.id}/cancel/",
+    ]
+    for url in gets + posts:
+        anonymous = client_for(None).post(url) if url in posts else client_for(None).get(url)
+        assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"], url
+        annotator = client_for(users["annotator"])
+        answer = annotator.post(url) if url in posts else annotator.get(url)
+        assert answer.status_code == 403, url
+    assert states(project) == {1: "retired", 2: "active", 3: "candidate", 4: "candidate"}
+    assert Job.objects.get(pk=job.pk).state == Job.State.QUEUED
+    admin = client_for(users["admin"])
+    assert admin.get("/projects/999999/learning/").status_code == 404
+    assert admin.get(base + "versions/999999/promote/").status_code == 405  # a GET on a form's target
+    assert admin.post(base + "versions/999999/promote/").status_code == 404
+
+
+def test_the_worklist_links_the_dashboard_for_admins_only(users, project):
+    link = f'href="/projects/{project.id}/learning/"'
+    assert link in client_for(users["admin"]).get(f"/projects/{project.id}/").content.decode()
+    assert link not in client_for(users["annotator"]).get(f"/projects/{project.id}/").content.decode()
+
+
+def test_promote_a_candidate_that_passed_the_gate(users, project, registry):
+    response = client_for(users["admin"]).post(
+        f"/projects/{project.id}/learning/versions/{registry[3].id}/promote/", follow=True
+    )
+    assert response.redirect_chain == [(f"/projects/{project.id}/learning/", 302)]
+    assert messages_of(response) == ["Model v3 is the active model now; the pool is re-scored with it."]
+    assert states(project) == {1: "retired", 2: "retired", 3: "active", 4: "candidate"}
+    assert ModelVersion.objects.get(pk=registry[3].pk).activated_at is not None
+
+
+def test_promotion_of_a_candidate_that_failed_the_gate_is_refused(users, project, registry):
+    response = client_for(users["admin"]).post(
+        f"/projects/{project.id}/learning/versions/{registry[4].id}/promote/", follow=True
+    )
+    assert response.status_code == 200
+    assert messages_of(response) == [
+        "Model v4 did not pass the validation gate: not better than the active model (p=0.410)"
+    ]
+    assert 'class="flash error"' in response.content.decode()
+    assert states(project) == {1: "retired", 2: "active", 3: "candidate", 4: "candidate"}
+    assert ModelVersion.objects.get(pk=registry[4].pk).activated_at is None
+
+
+def test_rollback_makes_an_earlier_version_active_and_retires_the_current(users, project, registry):
+    response = client_for(users["admin"]).post(
+        f"/projects/{project.id}/learning/versions/{registry[1].id}/rollback/", follow=True
+    )
+    assert messages_of(response) == [
+        "Rolled back: model v1 is the active model again; the pool is re-scored."
+    ]
+    assert states(project) == {1: "active", 2: "retired", 3: "candidate", 4: "candidate"}
+    # a candidate never active cannot be rolled back to
+    refused = client_for(users["admin"]).post(
+        f"/projects/{project.id}/learning/versions/{registry[3].id}/rollback/", follow=True
+    )
+    assert "was never active" in messages_of(refused)[0]
+    assert states(project)[1] == "active"
+    # the effort chart marks the activation
+    assert [(a.number, a.action) for a in selectors.model_activations(project=project)][-1] == (
+        1,
+        "rolled back to",
+    )
+
+
+def test_cancel_a_queued_job(users, project):
+    job = Job.objects.create(project=project, kind=Job.Kind.SCORE)
+    page = client_for(users["admin"]).get(f"/projects/{project.id}/learning/").content.decode()
+    assert f"/learning/jobs/{job.id}/cancel/" in page
+    response = client_for(users["admin"]).post(
+        f"/projects/{project.id}/learning/jobs/{job.id}/cancel/", follow=True
+    )
+    assert messages_of(response) == [f"Job {job.id} is cancelled."]
+    job.refresh_from_db()
+    assert job.state == Job.State.CANCELLED and job.finished_at is not None
+    assert "cancelled by admin" in job.log
+    again = client_for(users["admin"]).post(
+        f"/projects/{project.id}/learning/jobs/{job.id}/cancel/", follow=True
+    )
+    assert messages_of(again) == [f"Job {job.id} has cancelled already; there is nothing to cancel."]
+    other = project_create(name="Other", labels=[LabelSpec(1, "a", "#ff0000")], user=users["admin"])
+    assert (
+        client_for(users["admin"]).post(f"/projects/{other.id}/learning/jobs/{job.id}/cancel/").status_code
+        == 404
+    )
+
+
+def test_retrain_now_queues_a_round_or_joins_the_one_queued(
+    users, project, django_capture_on_commit_callbacks
+):
+    admin = client_for(users["admin"])
+    url = f"/projects/{project.id}/learning/retrain/"
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        first = admin.post(url, {"method": "norm"}, follow=True)
+    job = Job.objects.get(project=project, kind=Job.Kind.ADAPT)
+    assert len(sent) == 1  # the message leaves after the commit
+    assert messages_of(first) == [f"Adaptation round queued as job {job.id} (norm)."]
+    assert (
+        job.params == {"method": "norm", "approved": 0, "trigger": "admin"}
+        and job.created_by == users["admin"]
+    )
+    second = admin.post(url, {"method": "lora_conv"}, follow=True)
+    assert messages_of(second) == [
+        f"An adaptation round is queued already (job {job.id}, norm): your request joined it."
+    ]
+    assert Job.objects.filter(project=project, kind=Job.Kind.ADAPT).count() == 1
+    assert "joins it instead of starting another" in second.content.decode()
+    Job.objects.filter(pk=job.pk).update(state=Job.State.CANCELLED)
+    unknown = admin.post(url, {"method": "no_such_method"}, follow=True)
+    assert "unknown PEFT method 'no_such_method'" in messages_of(unknown)[0]
+    assert Job.objects.filter(project=project, kind=Job.Kind.ADAPT).count() == 1
+
+
+def test_the_jobs_api_reports_progress(users, project):
+    done = Job.objects.create(
+        project=project,
+        kind=Job.Kind.SCORE,
+        state=Job.State.SUCCEEDED,
+        progress=100,
+        finished_at=timezone.now(),
+    )
+    running = Job.objects.create(
+        project=project,
+        kind=Job.Kind.ADAPT,
+        state=Job.State.RUNNING,
+        progress=42.5,
+        log="10:00:00 started\n10:00:05 epoch 1: loss 0.5000",
+        started_at=timezone.now(),
+        attempts=1,
+    )
+    admin = client_for(users["admin"])
+    listed = admin.get(f"/api/projects/{project.id}/jobs/")
+    assert listed.status_code == 200
+    results = listed.json()["results"]
+    assert [j["id"] for j in results] == [running.id, done.id]
+    assert (
+        results[0]["progress"] == 42.5
+        and results[0]["state"] == "running"
+        and results[0]["finished"] is False
+    )
+    assert results[0]["log"].endswith("epoch 1: loss 0.5000") and results[0]["started_at"]
+    assert results[1]["finished"] is True and results[1]["finished_at"]
+    one = admin.get(f"/api/jobs/{running.id}/").json()
+    assert one["progress"] == 42.5 and one["kind"] == "adapt" and one["error"] == ""
+    assert admin.get("/api/jobs/999999/").status_code == 404
+    assert admin.get("/api/projects/999999/jobs/").status_code == 404
+    assert client_for(users["annotator"]).get(f"/api/jobs/{running.id}/").status_code == 403
+    assert client_for(None).get(f"/api/projects/{project.id}/jobs/").status_code == 403
+    # the page hands its script the API and the unfinished jobs to follow
+    html = admin.get(f"/projects/{project.id}/learning/").content.decode()
+    data = json.loads(
+        re.search(r'<script id="learning-data" type="application/json">(.*?)</script>', html).group(1)
+    )
+    assert data == {
+        "jobsUrl": f"/api/projects/{project.id}/jobs/",
+        "pollSeconds": 2,
+        "unfinished": [running.id],
+    }
+    assert 'value="43"' in html and "43%" in html  # rounded half up, as the script does
+    assert f'data-job="{running.id}" data-finished="0"' in html
+
+
+def test_the_learning_curve_is_a_png_with_or_without_versions(users, project):
+    admin = client_for(users["admin"])
+    empty = admin.get(f"/projects/{project.id}/learning/curve.png")
+    assert empty.status_code == 200 and empty["Content-Type"] == "image/png"
+    assert empty.content.startswith(PNG)
+    assert "No model version yet" in admin.get(f"/projects/{project.id}/learning/").content.decode()
+    v1 = model_version(project, 1, state="active", dice=0.6, approved=4, active_at=timezone.now())
+    model_version(project, 2, state="candidate", parent=v1, dice=None, approved=8)  # not validated: no point
+    model_version(project, 3, state="candidate", parent=v1, dice=0.7, approved=8)
+    assert [(p.number, p.approved) for p in selectors.learning_curve(project=project)] == [(1, 4), (3, 8)]
+    drawn = admin.get(f"/projects/{project.id}/learning/curve.png")
+    assert drawn.content.startswith(PNG) and len(drawn.content) > len(empty.content)
+
+
+def test_the_operations_panel_renders_with_the_broker_down(users, project, monkeypatch):
+    admin = client_for(users["admin"])
+    up = admin.get(f"/projects/{project.id}/learning/")
+    assert set(up.context["broker"].queues) == {"interactive", "gpu", "train", "cpu"}
+    assert up.context["broker"].error == ""
+    monkeypatch.setattr(app.conf, "broker_url", "redis://127.0.0.1:9/0")  # a closed port
+    down = admin.get(f"/projects/{project.id}/learning/")
+    assert down.status_code == 200
+    assert "Broker unreachable" in down.content.decode()
+    assert down.context["broker"].queues == {} and "broker unreachable" in down.context["broker"].error
+
+
+def test_effort_per_approved_case_by_week_and_by_pre_segmenting_model(users, project, make_volume):
+    v1 = model_version(project, 1, state="active", dice=0.6, approved=4, active_at=timezone.now())
+    project_volumes_add(project=project, volumes=[make_volume(), make_volume(), make_volume()], user=None)
+    scratch, assisted, open_case = Case.objects.filter(project=project).order_by("id")
+    presegmentation_create(case=assisted, mask=labelmap(2), model_version=v1.label)
+    annotator, reviewer = users["annotator"], users["reviewer"]
+    for case, effort in (
+        (scratch, {"seconds": 300.0, "clicks": 10, "strokes": 6}),
+        (assisted, {"seconds": 60.0}),
+    ):
+        case_take(case=case, user=annotator)
+        head = case.versions.order_by("-number").first()
+        first = save(case, annotator, head, **effort)
+        last = save(case, annotator, first, seconds=30.0, model_calls=2)
+        case_submit(case=case, user=annotator, version=last)
+        case_review(case=case, user=reviewer, version=last, decision="approve")
+    case_take(case=open_case, user=annotator)
+    save(open_case, annotator, None, seconds=999.0)  # not approved: not counted
+
+    cases = selectors.approved_case_effort(project=project)
+    assert [(c.case_id, c.seconds, c.clicks, c.strokes, c.model_calls, c.presegmented_by) for c in cases] == [
+        (scratch.id, 330.0, 10, 6, 2, ""),
+        (assisted.id, 90.0, 0, 0, 2, v1.label),
+    ]
+    by_model = selectors.effort_by_model(cases, project=project)
+    assert [(g.label, g.cases, g.seconds) for g in by_model] == [
+        ("none (drawn from scratch)", 1, 330.0),
+        ("v1", 1, 90.0),
+    ]
+    (week,) = selectors.effort_by_week(cases, selectors.model_activations(project=project))
+    assert (
+        week.cases == 2 and week.seconds == 210.0 and week.clicks == 5.0 and week.notes == ("v1 activated",)
+    )
+
+    admin = client_for(users["admin"])
+    html = admin.get(f"/projects/{project.id}/learning/").content.decode()
+    assert "none (drawn from scratch)" in html and "3.5" in html  # 210 s: 3.5 minutes per case that week
+    chart = admin.get(f"/projects/{project.id}/learning/effort.png")
+    assert chart.status_code == 200 and chart.content.startswith(PNG)
+
+
+def test_the_effort_chart_is_a_png_without_approvals(users, project):
+    response = client_for(users["admin"]).get(f"/projects/{project.id}/learning/effort.png")
+    assert response.status_code == 200 and response.content.startswith(PNG)
+
+
+def test_the_jobs_api_is_in_the_openapi_schema(client):
+    doc = client.get("/api/schema/").json()
+    assert doc["paths"]["/api/projects/{project_id}/jobs/"]["get"]["operationId"] == "projectJobList"
+    assert doc["paths"]["/api/jobs/{job_id}/"]["get"]["operationId"] == "jobDetail"

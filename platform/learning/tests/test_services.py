@@ -1,0 +1,306 @@
+"""The learning loop's services on real hippocampus volumes and the real PostgreSQL: rounds, the gate's
+say over promotion, the registry's one active model, rollback, jobs that are joined, cancelled, claimed
+once, recovered; pool pre-segmentation and scoring. Training is a few steps on the CPU."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from annotation.masks import mask_read
+from annotation.models import Case, MaskVersion
+from common.exceptions import ApplicationError
+from learning import services
+from learning.models import Job, ModelVersion
+from learning.services import (
+    adaptation_run,
+    adaptation_start,
+    job_cancel,
+    learning_tick,
+    model_promote,
+    model_rollback,
+    pool_score_run,
+    pool_score_start,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _small(settings):
+    torch.set_num_threads(1)  # two threads on a shared 2-core machine run slower, not faster
+
+
+def quick_policy(project, **changes):
+    policy = services.policy_get(project)
+    # A few steps of a small network: these tests are about the loop, not about what the model learns.
+    policy.epochs, policy.steps_per_epoch, policy.first_floor = 2, 3, 0.0
+    policy.network = {"init_filters": 8, "roi_size": [24, 32, 24], "spacing": [2.0, 2.0, 2.0]}
+    for k, v in changes.items():
+        setattr(policy, k, v)
+    policy.save()
+    return policy
+
+
+def approved_project(hippo_project, *, train=5, validation=5, pool=3):
+    hp = hippo_project(train=train, validation=validation, pool=pool)
+    quick_policy(hp.project)
+    for case in hp.cases.get("train", []) + hp.cases.get("validation", []):
+        hp.approve(case)
+    return hp
+
+
+def run_round(project, user=None, **kwargs) -> ModelVersion | None:
+    job, created = adaptation_start(project=project, user=user, **kwargs)
+    assert created
+    return adaptation_run(job_id=job.id)
+
+
+def test_a_round_trains_judges_and_promotes_the_first_model_then_the_pool_is_rescored(
+    hippo_project, django_capture_on_commit_callbacks
+):
+    hp = approved_project(hippo_project)
+    project = hp.project
+    with django_capture_on_commit_callbacks(execute=True):
+        version = run_round(project)
+    version.refresh_from_db()
+    job = version.job
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED and job.progress == 100
+    assert (version.number, version.method, version.parent) == (1, "full", None)  # from an initialisation
+    assert set(version.validation) == {f"case-{c.id}" for c in hp.cases["validation"]}
+    assert 0.0 <= version.validation_dice <= 1
+    assert version.gate["promotable"] and "first model" in version.gate["reason"]
+    assert version.state == ModelVersion.State.ACTIVE  # the gate passed; promotion is automatic
+    assert len(version.snapshot) == 10
+    for field in ("adapter_path", "weights_path"):
+        assert Path(services.media_path(getattr(version, field))).is_file()
+    # The promotion asked for a re-score of the pool.
+    score_job = Job.objects.get(project=project, kind=Job.Kind.SCORE)
+
+    assert pool_score_run(job_id=score_job.id) == 3
+    for case in hp.cases["pool"]:
+        case.refresh_from_db()
+        v0 = case.versions.get()
+        assert (v0.source, v0.model_version) == (MaskVersion.Source.MODEL, version.label)
+        assert mask_read(v0.path).shape == hp.truth[case.id].shape
+        assert case.score_model == version.label and case.score_reason
+    scores = sorted(c.score for c in Case.objects.filter(project=project, status=Case.Status.NEW))
+    assert scores == [1.0, 2.0, 3.0]  # the worklist order is the strategy's ranking
+    # Running the delivered message again changes nothing.
+    assert adaptation_run(job_id=job.id) == version
+    assert ModelVersion.objects.filter(project=project).count() == 1
+
+
+def test_a_worse_candidate_stays_a_candidate_and_cannot_be_promoted(hippo_project):
+    hp = approved_project(hippo_project)
+    first = run_round(hp.project)
+    # A round whose training is all but nothing (lr near zero on a LoRA): no significant gain.
+    quick_policy(hp.project, epochs=1, steps_per_epoch=1, method="lora_conv")
+    second = run_round(hp.project)
+    first.refresh_from_db()
+    assert (second.parent, second.method, second.base_sha256) == (first, "lora_conv", first.weights_sha256)
+    assert second.state == ModelVersion.State.CANDIDATE and first.state == ModelVersion.State.ACTIVE
+    assert not second.gate["promotable"] and second.gate["reason"].startswith("not promotable")
+    assert second.gate["n"] == 5 and second.gate["active_mean"] == pytest.approx(first.validation_dice)
+    with pytest.raises(ApplicationError, match="did not pass the validation gate"):
+        model_promote(version=second, user=hp.users["admin"])
+    assert services.active_version(hp.project) == first
+
+
+def test_manual_promotion_waits_for_the_admin_and_rollback_is_one_action(hippo_project):
+    hp = approved_project(hippo_project)
+    quick_policy(hp.project, manual_promotion=True)
+    first = run_round(hp.project)
+    assert first.state == ModelVersion.State.CANDIDATE and first.gate["promotable"]
+    first.job.refresh_from_db()
+    assert first.job.result["outcome"].startswith("candidate (waits")
+    model_promote(version=first, user=hp.users["admin"])
+    # A second version, promoted by hand (the gate verdict is the row's: set here to isolate the registry).
+    second = run_round(hp.project)
+    ModelVersion.objects.filter(pk=second.pk).update(gate={"promotable": True, "reason": "test"})
+    second.refresh_from_db()
+    model_promote(version=second, user=hp.users["admin"])
+    first.refresh_from_db()
+    assert first.state == ModelVersion.State.RETIRED
+
+    model_rollback(version=first, user=hp.users["admin"])
+    states = dict(ModelVersion.objects.filter(project=hp.project).values_list("number", "state"))
+    assert states == {1: "active", 2: "retired"}
+    with pytest.raises(ApplicationError, match="active model already"):
+        model_rollback(version=ModelVersion.objects.get(number=1, project=hp.project), user=hp.users["admin"])
+    third = run_round(hp.project)
+    with pytest.raises(ApplicationError, match="was never active"):
+        model_rollback(version=third, user=hp.users["admin"])
+    # The database itself refuses a second active model.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.filter(pk=third.pk).update(state="active")
+
+
+def test_a_bad_base_checkpoint_fails_the_job_clearly_and_leaves_the_active_model(hippo_project, tmp_path):
+    hp = approved_project(hippo_project)
+    first = run_round(hp.project)
+    bad = tmp_path / "site_model.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    job, _ = adaptation_start(project=hp.project, user=hp.users["admin"], base_checkpoint=str(bad))
+    assert adaptation_run(job_id=job.id) is None
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED and str(bad) in job.error and "internal" not in job.error
+    assert services.active_version(hp.project) == first
+    assert ModelVersion.objects.filter(project=hp.project).count() == 1
+
+    missing = adaptation_start(project=hp.project, user=None, base_checkpoint=str(tmp_path / "nope.pt"))[0]
+    adaptation_run(job_id=missing.id)
+    missing.refresh_from_db()
+    assert missing.state == Job.State.FAILED and "does not exist" in missing.error
+
+
+def test_a_round_without_approved_train_cases_fails_with_a_reason(hippo_project):
+    hp = hippo_project(train=1, validation=1, pool=0)
+    hp.approve(hp.cases["validation"][0])
+    job, _ = adaptation_start(project=hp.project, user=None)
+    adaptation_run(job_id=job.id)
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED and "No approved mask in the train split" in job.error
+
+
+def test_an_unknown_method_is_refused_before_anything_is_queued(hippo_project):
+    hp = hippo_project(train=0, validation=0, pool=1)
+    with pytest.raises(ApplicationError, match="nonsense"):
+        adaptation_start(project=hp.project, user=None, method="nonsense")
+    assert not Job.objects.exists()
+
+
+def test_a_second_trigger_joins_the_unfinished_round_and_cancel_stops_it(hippo_project):
+    hp = hippo_project(train=1, validation=0, pool=0)
+    job, created = adaptation_start(project=hp.project, user=None)
+    again, created_again = adaptation_start(project=hp.project, user=None)
+    assert created and not created_again and again == job
+    job_cancel(job=job, user=hp.users["admin"])
+    job.refresh_from_db()
+    assert job.state == Job.State.CANCELLED
+    assert adaptation_run(job_id=job.id) is None  # its message arriving later does nothing
+    assert adaptation_start(project=hp.project, user=None)[1]  # a new round may start now
+    with pytest.raises(ApplicationError, match="nothing to cancel"):
+        job_cancel(job=job, user=hp.users["admin"])
+
+
+def test_cancelling_a_running_round_stops_it_at_its_next_report(hippo_project, monkeypatch):
+    hp = approved_project(hippo_project, train=2, validation=0, pool=0)
+    job, _ = adaptation_start(project=hp.project, user=None)
+    reports = []
+    real = services.JobRun.report
+
+    def report(self, progress=None, line=None, *, force=False):
+        reports.append(progress)
+        if len(reports) == 3:  # an admin cancels while it trains
+            Job.objects.filter(pk=job.pk).update(cancel_requested=True)
+        return real(self, progress, line, force=True)
+
+    monkeypatch.setattr(services.JobRun, "report", report)
+    assert adaptation_run(job_id=job.id) is None
+    job.refresh_from_db()
+    assert job.state == Job.State.CANCELLED and job.finished_at is not None
+    assert not ModelVersion.objects.exists()
+
+
+def test_a_job_held_by_a_live_worker_is_not_run_twice_but_a_lost_workers_job_is_taken_over(
+    hippo_project, settings
+):
+    hp = hippo_project(train=1, validation=0, pool=0)
+    job, _ = adaptation_start(project=hp.project, user=None)
+    Job.objects.filter(pk=job.pk).update(
+        state=Job.State.RUNNING, worker="other-host:1", heartbeat_at=timezone.now(), attempts=1
+    )
+    with pytest.raises(services.JobBusy):
+        adaptation_run(job_id=job.id)
+    # The other worker stopped reporting longer than a lease ago: this one takes the job over.
+    Job.objects.filter(pk=job.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.JOB_LEASE_SECONDS + 1)
+    )
+    adaptation_run(job_id=job.id)  # fails: no approved train case; but it ran, as attempt 2
+    job.refresh_from_db()
+    assert job.attempts == 2 and "was lost" in job.log and job.state == Job.State.FAILED
+
+
+def test_recovery_resends_lost_messages_and_fails_jobs_whose_worker_vanished(hippo_project, settings):
+    hp = hippo_project(train=0, validation=0, pool=1)
+    queued, _ = pool_score_start(project=hp.project)
+    old = timezone.now() - timedelta(seconds=settings.JOB_REDISPATCH_SECONDS + 5)
+    Job.objects.filter(pk=queued.pk).update(dispatched_at=old)
+    sent = []
+    from learning import tasks
+
+    original = tasks.pool_score.delay
+    tasks.pool_score.delay = lambda job_id: sent.append(job_id)
+    try:
+        out = services.jobs_recover()
+    finally:
+        tasks.pool_score.delay = original
+    assert out["resent"] == [queued.id] and sent == [queued.id]
+
+    Job.objects.filter(pk=queued.pk).update(
+        state=Job.State.RUNNING,
+        worker="gone:1",
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 5),
+    )
+    assert services.jobs_recover()["failed"] == [queued.id]
+    queued.refresh_from_db()
+    assert queued.state == Job.State.FAILED and "stopped reporting" in queued.error
+
+
+def test_cold_start_ranks_the_pool_by_diversity_without_a_model(hippo_project):
+    hp = hippo_project(train=0, validation=0, pool=4)
+    job, _ = pool_score_start(project=hp.project)
+    assert pool_score_run(job_id=job.id) == 4
+    cases = list(Case.objects.filter(project=hp.project))
+    assert {c.score_model for c in cases} == {services.COLD_START}
+    assert sorted(c.score for c in cases) == [1.0, 2.0, 3.0, 4.0]
+    assert all(c.score_reason.startswith("no model yet, ranked by diversity") for c in cases)
+    assert not MaskVersion.objects.exists()  # no model: nothing to pre-segment
+
+
+def test_the_tick_starts_a_round_after_n_approvals_and_scores_new_cases(
+    hippo_project, django_capture_on_commit_callbacks
+):
+    hp = hippo_project(train=3, validation=0, pool=1)
+    quick_policy(hp.project, adapt_every=3)
+    with django_capture_on_commit_callbacks(execute=False):
+        out = learning_tick()
+    assert out["adapt"] == [] and len(out["score"]) == 1  # nothing approved; new cases unscored
+    for case in hp.cases["train"][:2]:
+        hp.approve(case)
+    with django_capture_on_commit_callbacks(execute=False):
+        assert learning_tick()["adapt"] == []  # 2 < 3
+    hp.approve(hp.cases["train"][2])
+    with django_capture_on_commit_callbacks(execute=False):
+        out = learning_tick()
+    job = Job.objects.get(kind=Job.Kind.ADAPT)
+    assert out["adapt"] == [job.id] and job.params == {
+        "method": "lora_conv",
+        "approved": 3,
+        "trigger": "auto",
+    }
+    with django_capture_on_commit_callbacks(execute=False):
+        assert learning_tick()["adapt"] == []  # no new approvals since that round
+
+
+def test_pool_scoring_never_writes_over_human_work(hippo_project):
+    hp = approved_project(hippo_project, train=5, validation=5, pool=2)
+    run_round(hp.project)
+    taken = hp.cases["pool"][0]
+    from annotation.services import case_take
+
+    case_take(case=taken, user=hp.users["annotator"])
+    job = Job.objects.filter(kind=Job.Kind.SCORE).first() or pool_score_start(project=hp.project)[0]
+    pool_score_run(job_id=job.id)
+    assert not taken.versions.exists()
+    other = hp.cases["pool"][1]
+    assert other.versions.count() == 1
+    np.testing.assert_array_equal(mask_read(other.versions.get().path).shape, hp.truth[other.id].shape)

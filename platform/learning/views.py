@@ -1,0 +1,162 @@
+"""The admin dashboard of a project's learning loop (/projects/<id>/learning/): model versions with
+promotion and rollback, "retrain now", jobs with live progress (static/learning/dashboard.js polls
+learning.api), the learning curve, and operations (queues, workers, annotation effort over time).
+
+Thin: pages read through learning.selectors; each form posts to one service, whose ApplicationError
+comes back as a message on the page after the redirect."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.contrib import messages
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from annotation.models import Project
+from annotation.selectors import project_get
+from common.exceptions import ApplicationError
+from common.views import permission_required
+from learning import plots, selectors, services
+from learning.models import Job
+
+PERMISSION = "learning.manage_models"
+JOBS_SHOWN = 20
+
+
+def _project(project_id: int) -> Project:
+    project = project_get(project_id=project_id)
+    if project is None:
+        raise Http404
+    return project
+
+
+@permission_required(PERMISSION)
+@require_GET
+def dashboard(request, project_id: int):
+    project = _project(project_id)
+    policy = selectors.policy_of(project=project)
+    jobs = list(selectors.jobs_recent(project=project, limit=JOBS_SHOWN))
+    approved = selectors.approved_case_effort(project=project)
+    activations = selectors.model_activations(project=project)
+    return render(
+        request,
+        "learning/dashboard.html",
+        {
+            "project": project,
+            "policy": policy,
+            "versions": selectors.model_version_rows(project=project),
+            "jobs": jobs,
+            "methods": selectors.peft_methods(),
+            "approved_now": len(approved),
+            "broker": selectors.broker_status(),
+            "effort_weeks": selectors.effort_by_week(approved, activations),
+            "effort_models": selectors.effort_by_model(approved, project=project),
+            "page_data": {
+                "jobsUrl": reverse("api-project-jobs", args=[project.id]),
+                "pollSeconds": 2,
+                "unfinished": [job.id for job in jobs if not job.finished],
+            },
+        },
+    )
+
+
+def _png(data: bytes) -> HttpResponse:
+    response = HttpResponse(data, content_type="image/png")
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+@permission_required(PERMISSION)
+@require_GET
+def curve_png(request, project_id: int):
+    return _png(plots.learning_curve_png(selectors.learning_curve(project=_project(project_id))))
+
+
+@permission_required(PERMISSION)
+@require_GET
+def effort_png(request, project_id: int):
+    project = _project(project_id)
+    return _png(
+        plots.effort_png(
+            selectors.approved_case_effort(project=project), selectors.model_activations(project=project)
+        )
+    )
+
+
+def _act(request, project: Project, action: Callable[[], str]):
+    """Run one service; its message (or its error) is shown on the dashboard after the redirect."""
+    try:
+        messages.success(request, action())
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    return redirect("learning-dashboard", project_id=project.id)
+
+
+def _version(project: Project, version_id: int):
+    version = selectors.model_version_get(project=project, version_id=version_id)
+    if version is None:
+        raise Http404
+    return version
+
+
+@permission_required(PERMISSION)
+@require_POST
+def adaptation_start(request, project_id: int):
+    project = _project(project_id)
+
+    def start() -> str:
+        job, created = services.adaptation_start(
+            project=project, user=request.user, method=request.POST.get("method", "").strip(), trigger="admin"
+        )
+        method = job.params.get("method", "")
+        if created:
+            return f"Adaptation round queued as job {job.id} ({method})."
+        return f"An adaptation round is {job.state} already (job {job.id}, {method}): your request joined it."
+
+    return _act(request, project, start)
+
+
+@permission_required(PERMISSION)
+@require_POST
+def version_promote(request, project_id: int, version_id: int):
+    project = _project(project_id)
+    version = _version(project, version_id)
+
+    def promote() -> str:
+        services.model_promote(version=version, user=request.user)
+        return f"Model v{version.number} is the active model now; the pool is re-scored with it."
+
+    return _act(request, project, promote)
+
+
+@permission_required(PERMISSION)
+@require_POST
+def version_rollback(request, project_id: int, version_id: int):
+    project = _project(project_id)
+    version = _version(project, version_id)
+
+    def rollback() -> str:
+        services.model_rollback(version=version, user=request.user)
+        return f"Rolled back: model v{version.number} is the active model again; the pool is re-scored."
+
+    return _act(request, project, rollback)
+
+
+@permission_required(PERMISSION)
+@require_POST
+def job_cancel(request, project_id: int, job_id: int):
+    project = _project(project_id)
+    job = selectors.project_job_get(project=project, job_id=job_id)
+    if job is None:
+        raise Http404
+
+    def cancel() -> str:
+        job_now = services.job_cancel(job=job, user=request.user)
+        if job_now.state == Job.State.CANCELLED:
+            return f"Job {job.id} is cancelled."
+        return f"Job {job.id} is asked to stop; it stops at its next progress report."
+
+    return _act(request, project, cancel)
