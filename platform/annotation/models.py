@@ -16,6 +16,12 @@ class Project(models.Model):
     description = models.TextField(blank=True)
     modality = models.CharField(max_length=16, blank=True, help_text="Expected modality, e.g. MR or CT")
     interactive_model = models.CharField(max_length=64, blank=True)
+    intake_series_description = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="New volumes whose series description contains this (any case) and whose modality is the "
+        "project's join the project by themselves; empty: volumes are added by hand",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -29,7 +29,7 @@ from annotation.models import AuditEvent, Case, CaseLock, LabelClass, MaskVersio
 from common.exceptions import ApplicationError, TransientError
 from common.media import media_path
 from ml_worker.inference.prompts import PromptError, prompts_from_json
-from studies.models import Volume
+from studies.models import Series, Volume
 
 # Split fractions by a volume's hash bucket (0..99): train below 70, validation below 85, test above.
 SPLIT_BUCKETS = ((70, Case.Split.TRAIN), (85, Case.Split.VALIDATION), (100, Case.Split.TEST))
@@ -75,6 +75,7 @@ def project_create(
     modality: str = "",
     description: str = "",
     interactive_model: str = "",
+    intake_series_description: str = "",
 ) -> Project:
     name = name.strip()
     if not name:
@@ -95,7 +96,11 @@ def project_create(
     if bad:
         raise ApplicationError(f"Colours are written #rrggbb, got {bad}.")
     project = Project.objects.create(
-        name=name, modality=modality, description=description, interactive_model=interactive_model
+        name=name,
+        modality=modality,
+        description=description,
+        interactive_model=interactive_model,
+        intake_series_description=intake_series_description.strip(),
     )
     LabelClass.objects.bulk_create(
         LabelClass(project=project, value=s.value, name=n, colour=s.colour.lower())
@@ -135,6 +140,20 @@ def project_volumes_add(*, project: Project, volumes: Iterable[Volume], user: Us
             actor=user, action="project.add_volumes", obj=project, volume_ids=[c.volume_id for c in new]
         )
     return len(new)
+
+
+def project_intake(*, project: Project) -> int:
+    """Add the ready volumes that match the project's intake rule (series description and modality) and
+    are not in it yet; returns how many were added. A project without a rule takes nothing."""
+    if not project.intake_series_description:
+        return 0
+    volumes = Volume.objects.filter(
+        series__status=Series.Status.READY,
+        series__description__icontains=project.intake_series_description,
+    ).exclude(cases__project=project)
+    if project.modality:
+        volumes = volumes.filter(series__modality=project.modality)
+    return project_volumes_add(project=project, volumes=volumes.select_related("series"), user=None)
 
 
 @transaction.atomic
@@ -623,12 +642,14 @@ def case_interact(*, case: Case, user: User, request: dict) -> InteractiveAnswer
 
 
 DEMO_PROJECT = "Hippocampus (demo)"
+DEMO_SERIES = "T1 hippocampus crop"  # what pacs.demo writes as the series description
 DEMO_LABELS = (LabelSpec(1, "anterior", "#e4572e"), LabelSpec(2, "posterior", "#29a36a"))
 
 
 def demo_project_ensure() -> tuple[Project, int]:
-    """The demo project: the hippocampus MR volumes loaded by ``demo_load`` (patients HIPPO-*), labels as
-    in MSD Task04. Idempotent: returns the project and how many volumes were added now."""
+    """The demo project: the hippocampus MR volumes loaded by ``demo_load`` (series "T1 hippocampus crop"),
+    labels as in MSD Task04; new such volumes join it by themselves. Idempotent: returns the project and
+    how many volumes were added now."""
     project = Project.objects.filter(name=DEMO_PROJECT).first() or project_create(
         name=DEMO_PROJECT,
         labels=DEMO_LABELS,
@@ -636,6 +657,6 @@ def demo_project_ensure() -> tuple[Project, int]:
         modality="MR",
         description="MSD Task04 hippocampus (CC-BY-SA 4.0): anterior and posterior hippocampus, T1 MR crops.",
         interactive_model="litemedsam",
+        intake_series_description=DEMO_SERIES,
     )
-    volumes = Volume.objects.filter(series__study__patient_id__startswith="HIPPO-").select_related("series")
-    return project, project_volumes_add(project=project, volumes=volumes, user=None)
+    return project, project_intake(project=project)

@@ -26,7 +26,13 @@ from django.utils import timezone
 from accounts.models import User
 from annotation.errors import CaseStateError
 from annotation.models import Case, MaskVersion, Project, Review
-from annotation.services import CaseScore, audit_event, case_scores_set, presegmentation_create
+from annotation.services import (
+    CaseScore,
+    audit_event,
+    case_scores_set,
+    presegmentation_create,
+    project_intake,
+)
 from common.exceptions import ApplicationError
 from common.media import media_path, media_relative
 from learning.models import Job, LearningPolicy, ModelVersion
@@ -580,10 +586,14 @@ def pool_score_run(*, job_id: int) -> int | None:
 
 
 def learning_tick() -> dict:
-    """What beat runs every minute: recover lost jobs; per project, start a round when enough new masks
-    were approved since the last one, and score new or stale cases of the pool."""
-    out = {"recovered": jobs_recover(), "adapt": [], "score": []}
+    """What beat runs every minute: recover lost jobs; per project, take in new volumes that match its
+    intake rule, start a round when enough new masks were approved since the last one, and score new or
+    stale cases of the pool."""
+    out = {"recovered": jobs_recover(), "added": {}, "adapt": [], "score": []}
     for project in Project.objects.all():
+        added = project_intake(project=project)
+        if added:
+            out["added"][project.id] = added
         policy = policy_get(project)
         approved = len(approved_versions(project))
         if policy.adapt_every and approved - _approved_at_last_round(project) >= policy.adapt_every:

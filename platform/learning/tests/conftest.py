@@ -5,11 +5,13 @@ project built from the shared data, with an `approve` step that goes through the
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from django.utils import timezone
 
 from annotation.models import Case
 from annotation.services import (
@@ -23,6 +25,7 @@ from annotation.services import (
     project_volumes_add,
 )
 from annotation.tests.conftest import _media_root, make_volume, users  # noqa: F401 (fixtures)
+from learning.models import ModelVersion
 
 HIPPOCAMPUS = Path(
     os.environ.get("ANNOTATOR_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared/data")
@@ -90,3 +93,60 @@ def hippo_project(users, make_volume):  # noqa: F811 (the fixtures imported abov
         return HippoProject(project, cases, truth, users)
 
     return make
+
+
+def model_version(
+    project, number: int, *, state: str, parent=None, gate=None, dice=0.5, approved=0, active_at=None
+):
+    return ModelVersion.objects.create(
+        project=project,
+        number=number,
+        state=state,
+        parent=parent,
+        method="lora_conv" if parent else "full",
+        base_path="models/base.pt",
+        base_sha256="0" * 64,
+        adapter_path=f"models/v{number}.adapter.pt",
+        adapter_sha256="1" * 64,
+        weights_path=f"models/v{number}.pt",
+        weights_sha256="2" * 64,
+        snapshot=list(range(1, approved + 1)),
+        validation_dice=dice,
+        gate=gate or {},
+        train_seconds=75.0 * number,
+        activated_at=active_at,
+    )
+
+
+@pytest.fixture
+def project(users):  # noqa: F811 (users: the fixture imported above)
+    return project_create(
+        name="Hippocampus",
+        modality="MR",
+        labels=[LabelSpec(1, "anterior", "#ff0000"), LabelSpec(2, "posterior", "#00ff00")],
+        user=users["admin"],
+    )
+
+
+@pytest.fixture
+def registry(project):
+    """v1 (was active, retired) <- v2 (active) <- v3 (candidate, gate passed) and v4 (candidate, gate
+    failed)."""
+    now = timezone.now()
+    v1 = model_version(
+        project, 1, state="retired", dice=0.61, approved=5, active_at=now - timedelta(days=2),
+        gate={"promotable": True, "reason": "first model: Dice 0.610 >= floor 0.500"},
+    )  # fmt: skip
+    v2 = model_version(
+        project, 2, state="active", parent=v1, dice=0.70, approved=10, active_at=now - timedelta(days=1),
+        gate={"promotable": True, "reason": "better than v1", "p_value": 0.01, "mean_delta": 0.09, "n": 6},
+    )  # fmt: skip
+    v3 = model_version(
+        project, 3, state="candidate", parent=v2, dice=0.74, approved=15,
+        gate={"promotable": True, "reason": "better than v2 by 0.040 (p=0.020)", "p_value": 0.02},
+    )  # fmt: skip
+    v4 = model_version(
+        project, 4, state="candidate", parent=v2, dice=0.69, approved=15,
+        gate={"promotable": False, "reason": "not better than the active model (p=0.410)", "p_value": 0.41},
+    )  # fmt: skip
+    return {1: v1, 2: v2, 3: v3, 4: v4}

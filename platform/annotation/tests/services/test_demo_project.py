@@ -3,17 +3,21 @@ from __future__ import annotations
 import pytest
 
 from annotation.models import Project
-from annotation.services import DEMO_PROJECT, demo_project_ensure
+from annotation.services import DEMO_PROJECT, DEMO_SERIES, demo_project_ensure, project_intake
+from studies.models import Series
 
 pytestmark = pytest.mark.django_db
 
 
+def describe(volume, text: str, status: str = Series.Status.READY) -> None:
+    Series.objects.filter(pk=volume.series_id).update(description=text, status=status)
+
+
 def test_demo_project_holds_the_hippocampus_volumes_once(make_volume):
     hippocampus = make_volume()
-    study = hippocampus.series.study
-    study.patient_id = "HIPPO-001"
-    study.save()
-    make_volume()  # another patient: not in the demo
+    describe(hippocampus, DEMO_SERIES)
+    describe(make_volume(), "T2 axial")  # another series: not in the demo
+    describe(make_volume(modality="CT"), DEMO_SERIES)  # not the project's modality
 
     project, added = demo_project_ensure()
     assert (project.name, added) == (DEMO_PROJECT, 1)
@@ -24,3 +28,14 @@ def test_demo_project_holds_the_hippocampus_volumes_once(make_volume):
     ]
     again, added = demo_project_ensure()
     assert (again.id, added, Project.objects.count(), again.cases.count()) == (project.id, 0, 1, 1)
+
+
+def test_a_new_matching_volume_joins_the_project_once_it_is_ready(make_volume):
+    project, _ = demo_project_ensure()
+    arriving = make_volume()
+    describe(arriving, f"{DEMO_SERIES.upper()} (new)", status=Series.Status.INGESTING)
+    assert project_intake(project=project) == 0  # not ready yet
+    Series.objects.filter(pk=arriving.series_id).update(status=Series.Status.READY)
+    assert project_intake(project=project) == 1
+    assert project_intake(project=project) == 0
+    assert project.cases.get().volume == arriving

@@ -16,13 +16,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         add_project_argument(parser)
-        parser.add_argument("--version", type=int, required=True, help="the model version number")
+        parser.add_argument("--model", type=int, required=True, help="the model version number (v<N>)")
 
     def handle(self, *args, **options):
         project = project_get(options["project"])
         try:
             version = model_rollback(
-                version=version_get(project, options["version"]), user=user_get(options["username"])
+                version=version_get(project, options["model"]), user=user_get(options["username"])
             )
         except ApplicationError as exc:
             raise CommandError(exc.message) from None

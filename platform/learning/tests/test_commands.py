@@ -1,0 +1,58 @@
+"""manage.py retrain / promote / rollback: the dashboard's actions for admins who script, with the same
+rules and clear errors (exit status non-zero, nothing changed)."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from learning.models import Job, ModelVersion
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args) -> dict:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return json.loads(out.getvalue())
+
+
+def states(project) -> dict[int, str]:
+    return dict(ModelVersion.objects.filter(project=project).values_list("number", "state"))
+
+
+def test_retrain_queues_a_round_and_joins_the_queued_one(project, users):
+    first = run("retrain", "--project", project.name, "--method", "norm", "--as", "admin")
+    assert (first["created"], first["state"]) == (True, "queued")
+    job = Job.objects.get(pk=first["job"])
+    assert (job.params["method"], job.created_by) == ("norm", users["admin"])
+    again = run("retrain", "--project", str(project.id))
+    assert (again["job"], again["created"]) == (job.id, False)
+
+
+def test_retrain_refuses_unknown_projects_methods_and_accounts(project):
+    with pytest.raises(CommandError, match="No project 'Nope'"):
+        run("retrain", "--project", "Nope")
+    with pytest.raises(CommandError, match="nonsense"):
+        run("retrain", "--project", project.name, "--method", "nonsense")
+    with pytest.raises(CommandError, match="not an account allowed"):
+        run("retrain", "--project", project.name, "--as", "annotator")
+    assert not Job.objects.exists()
+
+
+def test_promote_and_rollback_follow_the_gate_and_the_registry(project, registry):
+    with pytest.raises(CommandError, match="did not pass the validation gate"):
+        run("promote", "--project", project.name, "--model", "4")
+    assert states(project) == {1: "retired", 2: "active", 3: "candidate", 4: "candidate"}
+
+    assert run("promote", "--project", project.name, "--model", "3")["active"] == 3
+    assert states(project) == {1: "retired", 2: "retired", 3: "active", 4: "candidate"}
+    assert run("rollback", "--project", project.name, "--model", "1", "--as", "admin")["active"] == 1
+    assert states(project) == {1: "active", 2: "retired", 3: "retired", 4: "candidate"}
+    with pytest.raises(CommandError, match="was never active"):
+        run("rollback", "--project", project.name, "--model", "4")
+    with pytest.raises(CommandError, match=r"has no model v9 \(it has \[4, 3, 2, 1\]\)"):
+        run("rollback", "--project", project.name, "--model", "9")
