@@ -47,7 +47,14 @@ cd "$REPO/platform"
 PIDS+=($!)
 "$VENV/bin/celery" -A annotator worker -Q interactive -c 1 -n interactive@%h -l INFO > "$VAR/log/worker-interactive.log" 2>&1 &
 PIDS+=($!)
-"$VENV/bin/celery" -A annotator worker -Q cpu,gpu,train -c 2 -n batch@%h -l INFO > "$VAR/log/worker-batch.log" 2>&1 &
+# Batch work gets half the cores, so a click on the interactive queue stays fast while a round trains;
+# train runs one round at a time (one GPU, or the CPU).
+BATCH_THREADS=$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))
+OMP_NUM_THREADS=$BATCH_THREADS "$VENV/bin/celery" -A annotator worker -Q cpu,gpu -c 1 -n batch@%h -l INFO \
+  > "$VAR/log/worker-batch.log" 2>&1 &
+PIDS+=($!)
+OMP_NUM_THREADS=$BATCH_THREADS "$VENV/bin/celery" -A annotator worker -Q train -c 1 -n train@%h -l INFO \
+  > "$VAR/log/worker-train.log" 2>&1 &
 PIDS+=($!)
 "$VENV/bin/celery" -A annotator beat -s "$VAR/celerybeat-schedule" -l INFO > "$VAR/log/beat.log" 2>&1 &
 PIDS+=($!)

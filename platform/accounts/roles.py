@@ -39,5 +39,7 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "learning.view_modelversion",
         "learning.view_job",
         "learning.manage_models",
+        "learning.view_learningpolicy",
+        "learning.change_learningpolicy",
     ],
 }

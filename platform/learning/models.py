@@ -45,6 +45,25 @@ class LearningPolicy(models.Model):
     def __str__(self) -> str:
         return f"learning policy of {self.project}"
 
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from ml_worker.adaptation.peft import get_method
+        from ml_worker.uncertainty.strategies import get_strategy
+
+        errors = {}
+        for name, check in (("method", lambda v: get_method("native3d", v)), ("strategy", get_strategy)):
+            try:
+                check(getattr(self, name))
+            except (KeyError, ValueError) as exc:
+                errors[name] = str(exc).strip("'\"")
+        if not 0 < self.alpha < 1:
+            errors["alpha"] = "alpha is a significance level in (0, 1)"
+        if self.margin < 0 or not 0 <= self.first_floor <= 1:
+            errors["margin"] = "the margin is >= 0 and the first model's floor a Dice in [0, 1]"
+        if errors:
+            raise ValidationError(errors)
+
 
 class Job(models.Model):
     """A long task as the UI sees it. The Celery message carries only the id; the state lives here, so

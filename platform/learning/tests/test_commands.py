@@ -56,3 +56,16 @@ def test_promote_and_rollback_follow_the_gate_and_the_registry(project, registry
         run("rollback", "--project", project.name, "--model", "4")
     with pytest.raises(CommandError, match=r"has no model v9 \(it has \[4, 3, 2, 1\]\)"):
         run("rollback", "--project", project.name, "--model", "9")
+
+
+def test_a_policy_with_an_unknown_method_or_strategy_is_refused(project):
+    from django.core.exceptions import ValidationError
+
+    from learning.services import policy_get
+
+    policy = policy_get(project)
+    policy.full_clean()
+    policy.method, policy.strategy, policy.alpha = "nonsense", "guesswork", 2.0
+    with pytest.raises(ValidationError) as refused:
+        policy.full_clean()
+    assert set(refused.value.message_dict) == {"method", "strategy", "alpha"}
