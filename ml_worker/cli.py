@@ -50,6 +50,7 @@ COMMAND_MODULES = (
     "ml_worker.inference.bench",
     "ml_worker.adaptation.pretrain_cli",
     "ml_worker.adaptation.train_cli",
+    "ml_worker.adaptation.simulate_al_cli",
 )
 
 
@@ -81,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.handler(args)
+
+
+def step_bar(name: str) -> Callable[[int, int, int, dict[str, float]], None]:
+    """A training progress callback (``progress(epoch, step, total, metrics)``, see
+    :data:`ml_worker.adaptation.train.ProgressCallback`) drawing its own tqdm bar, closed at the last step."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=name, unit="step", leave=False)
+
+    def progress(epoch: int, step: int, total: int, metrics: dict[str, float]) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix({"epoch": epoch, "loss": round(metrics["loss"], 4)})
+        if step == total:
+            bar.close()
+
+    return progress
 
 
 def _int_list(text: str) -> list[int]:
@@ -306,18 +324,6 @@ def peft_compare_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    def progress_factory(name: str):
-        bar = tqdm(desc=name, unit="step", leave=False)
-
-        def progress(epoch: int, step: int, total: int, metrics: dict[str, float]) -> None:
-            bar.total = total
-            bar.n = step
-            bar.set_postfix({"epoch": epoch, "loss": round(metrics["loss"], 4)})
-            if step == total:
-                bar.close()
-
-        return progress
-
     def on_row(row: dict[str, Any]) -> None:
         tqdm.write(json.dumps({k: row[k] for k in ("method", "shots", "dice_mean", "train_seconds")}))
 
@@ -329,7 +335,7 @@ def peft_compare_command(args: argparse.Namespace) -> int:
             base=args.base,
             device=args.device,
             on_row=on_row,
-            progress_factory=progress_factory,
+            progress_factory=step_bar,
         )
     except (ValueError, AdapterError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
