@@ -51,6 +51,7 @@ COMMAND_MODULES = (
     "ml_worker.adaptation.pretrain_cli",
     "ml_worker.adaptation.train_cli",
     "ml_worker.adaptation.simulate_al_cli",
+    "ml_worker.adaptation.bench_round",
 )
 
 
