@@ -50,8 +50,11 @@ PIDS+=($!)
 # Batch work gets half the cores, so a click on the interactive queue stays fast while a round trains;
 # train runs one round at a time (one GPU, or the CPU).
 BATCH_THREADS=$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))
-OMP_NUM_THREADS=$BATCH_THREADS "$VENV/bin/celery" -A annotator worker -Q cpu,gpu -c 1 -n batch@%h -l INFO \
-  > "$VAR/log/worker-batch.log" 2>&1 &
+# PACS sync, ingest, export and the learning tick never wait behind minutes of model work.
+"$VENV/bin/celery" -A annotator worker -Q cpu -c 2 -n cpu@%h -l INFO > "$VAR/log/worker-cpu.log" 2>&1 &
+PIDS+=($!)
+OMP_NUM_THREADS=$BATCH_THREADS "$VENV/bin/celery" -A annotator worker -Q gpu -c 1 -n gpu@%h -l INFO \
+  > "$VAR/log/worker-gpu.log" 2>&1 &
 PIDS+=($!)
 OMP_NUM_THREADS=$BATCH_THREADS "$VENV/bin/celery" -A annotator worker -Q train -c 1 -n train@%h -l INFO \
   > "$VAR/log/worker-train.log" 2>&1 &

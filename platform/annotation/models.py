@@ -81,6 +81,9 @@ class Case(models.Model):
     score_reason = models.TextField(blank=True)
     score_model = models.CharField(max_length=64, blank=True, help_text="Empty: not scored yet")
     score_version = models.CharField(max_length=64, blank=True)
+    score_inputs = models.JSONField(
+        default=dict, blank=True, help_text="What the model said ({scores, embedding}), to re-rank without it"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -55,9 +55,13 @@ class Effort:
 
 @dataclass(frozen=True)
 class CaseScore:
+    """A case's place in the worklist; ``inputs`` (the model's scores and embedding of the volume) are
+    kept so a later ranking can reuse them; None keeps what is stored."""
+
     case_id: int
     score: float
     reason: str = ""
+    inputs: dict | None = None
 
 
 def audit_event(*, actor: User | None, action: str, obj: Model, **details) -> AuditEvent:
@@ -171,9 +175,11 @@ def case_scores_set(*, project: Project, scores: Sequence[CaseScore], model: str
             model,
             version,
         )
+        if s.inputs is not None:
+            case.score_inputs = s.inputs
         updated.append(case)
     Case.objects.bulk_update(
-        updated, ["score", "score_reason", "score_model", "score_version"], batch_size=1000
+        updated, ["score", "score_reason", "score_model", "score_version", "score_inputs"], batch_size=1000
     )
     audit_event(
         actor=None, action="project.score", obj=project, model=model, version=version, cases=len(updated)
@@ -557,8 +563,13 @@ def volume_embeddings_request(*, volumes: Iterable[Volume]) -> None:
 
 
 def volume_embeddings_compute(*, volume_id: int) -> bool:
-    """Worker side: compute and store a volume's embeddings unless present; True if computed now."""
+    """Worker side: compute and store a volume's embeddings unless present, or unless none of its cases
+    can be edited any more (submitted or approved meanwhile: minutes of a CPU nobody would use);
+    True if computed now."""
     volume = Volume.objects.get(pk=volume_id)
+    done = (Case.Status.SUBMITTED, Case.Status.APPROVED)
+    if volume.cases.exists() and not volume.cases.exclude(status__in=done).exists():
+        return False
     return interactive.segmenter().embed(media_path(volume.path), volume.sha256)
 
 

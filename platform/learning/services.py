@@ -540,10 +540,39 @@ def pool_score_start(*, project: Project, user: User | None = None) -> tuple[Job
     return job_create(project=project, kind=Job.Kind.SCORE, params={}, user=user)
 
 
+def _stored_item(case: Case, label: str):
+    """The pool item a scoring run stored for `case` with the model `label`, or None."""
+    import numpy as np
+
+    from ml_worker.uncertainty.pool import PoolItem
+
+    inputs = case.score_inputs or {}
+    if case.score_model != label or inputs.get("model") != label or "embedding" not in inputs:
+        return None
+    return PoolItem(
+        volume_id=str(case.id), scores=inputs.get("scores", {}), embedding=np.asarray(inputs["embedding"])
+    )
+
+
+def _labelled_item(scorer, case: Case):
+    """A worked-on case as a diversity centre: the embedding stored when it was in the pool (model-free,
+    so any run's will do), else computed from its volume."""
+    import numpy as np
+
+    from ml_worker.uncertainty.pool import PoolItem
+
+    embedding = (case.score_inputs or {}).get("embedding")
+    if embedding is None:
+        return scorer.embedded(f"done-{case.id}", media_path(case.volume.path))
+    return PoolItem(volume_id=f"done-{case.id}", embedding=np.asarray(embedding))
+
+
 def pool_score_run(*, job_id: int) -> int | None:
     """Worker side: with the active model, pre-segment each new case nobody has worked on (a newer
-    version on top of an older model's) and score it; rank the pool with the project's strategy (by
-    diversity at cold start) and store the worklist order. Returns how many cases were scored."""
+    version on top of an older model's) and score it; rank the whole pool with the project's strategy
+    (by diversity at cold start) and store the worklist order. Cases this model scored before are not
+    run again: their stored scores and embedding re-enter the ranking. Cases that left the pool (taken,
+    submitted, approved) drop to the end. Returns how many cases were ranked."""
     from ml_worker.adaptation.round import PoolScorer
 
     with job_running(job_id, Job.Kind.SCORE) as run:
@@ -557,29 +586,49 @@ def pool_score_run(*, job_id: int) -> int | None:
         )
         label = COLD_START if active is None else active.label
         pool = list(Case.objects.filter(project=project, status=Case.Status.NEW).select_related("volume"))
-        run.report(0, f"scoring {len(pool)} unlabelled cases with {label}", force=True)
-        items = []
-        for i, case in enumerate(pool, 1):
+        items, inputs, todo = [], {}, []
+        for case in pool:
+            stored = _stored_item(case, label)
+            if stored is None:
+                todo.append(case)
+            else:
+                items.append(stored)
+        run.report(0, f"{len(todo)} of {len(pool)} unlabelled cases to score with {label}", force=True)
+        for i, case in enumerate(todo, 1):
             item, labels = scorer.item(str(case.id), media_path(case.volume.path))
             items.append(item)
+            inputs[case.id] = {
+                "model": label,
+                "scores": dict(item.scores),
+                "embedding": item.embedding.tolist(),
+            }
             if labels is not None:
                 try:
                     presegmentation_create(case=case, mask=labels, model_version=label)
                 except CaseStateError:
                     pass  # taken meanwhile: the annotator's work wins
-            run.report(90 * i / max(len(pool), 1))
-        done = Case.objects.filter(project=project).exclude(status=Case.Status.NEW).select_related("volume")
-        labelled = [scorer.embedded(f"done-{c.id}", media_path(c.volume.path)) for c in done[:500]]
+            run.report(90 * i / max(len(todo), 1))
+        done = list(
+            Case.objects.filter(project=project).exclude(status=Case.Status.NEW).select_related("volume")
+        )
+        labelled = [_labelled_item(scorer, c) for c in done]
         ranked = scorer.rank(items, strategy=policy.strategy, labelled=labelled)
         scores = [
-            CaseScore(case_id=int(r.volume_id), score=float(len(ranked) - i), reason=r.reason)
+            CaseScore(
+                case_id=int(r.volume_id),
+                score=float(len(ranked) - i),
+                reason=r.reason,
+                inputs=inputs.get(int(r.volume_id)),
+            )
             for i, r in enumerate(ranked)
         ]
+        scores += [CaseScore(case_id=c.id, score=0.0, reason="not in the pool: worked on") for c in done]
         case_scores_set(
             project=project, scores=scores, model=label, version="" if active is None else str(active.number)
         )
-        _finish(run.job, Job.State.SUCCEEDED, result={"scored": len(scores), "model": label})
-        return len(scores)
+        result = {"ranked": len(ranked), "scored_now": len(todo), "model": label}
+        _finish(run.job, Job.State.SUCCEEDED, result=result)
+        return len(ranked)
 
 
 # ---- the periodic check ---------------------------------------------------------------------------

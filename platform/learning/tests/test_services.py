@@ -28,6 +28,7 @@ from learning.services import (
     pool_score_run,
     pool_score_start,
 )
+from learning.tests.conftest import hippocampus
 
 pytestmark = pytest.mark.django_db
 
@@ -63,7 +64,7 @@ def run_round(project, user=None, **kwargs) -> ModelVersion | None:
 
 
 def test_a_round_trains_judges_and_promotes_the_first_model_then_the_pool_is_rescored(
-    hippo_project, django_capture_on_commit_callbacks
+    hippo_project, make_volume, django_capture_on_commit_callbacks
 ):
     hp = approved_project(hippo_project)
     project = hp.project
@@ -93,6 +94,19 @@ def test_a_round_trains_judges_and_promotes_the_first_model_then_the_pool_is_res
         assert case.score_model == version.label and case.score_reason
     scores = sorted(c.score for c in Case.objects.filter(project=project, status=Case.Status.NEW))
     assert scores == [1.0, 2.0, 3.0]  # the worklist order is the strategy's ranking
+    worked_on = Case.objects.filter(project=project).exclude(status=Case.Status.NEW)
+    assert {(c.score, c.score_reason) for c in worked_on} == {(0.0, "not in the pool: worked on")}
+
+    # A new volume arrives: only it is run through the model; the others' stored scores are reused.
+    from annotation.services import project_volumes_add
+
+    image, _, affine = hippocampus(106)
+    project_volumes_add(project=project, volumes=[make_volume(array=image, affine=affine)], user=None)
+    again, _ = pool_score_start(project=project)
+    assert pool_score_run(job_id=again.id) == 4
+    again.refresh_from_db()
+    assert again.result == {"ranked": 4, "scored_now": 1, "model": version.label}
+    assert MaskVersion.objects.filter(case__project=project, model_version=version.label).count() == 4
     # Running the delivered message again changes nothing.
     assert adaptation_run(job_id=job.id) == version
     assert ModelVersion.objects.filter(project=project).count() == 1

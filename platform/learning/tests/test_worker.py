@@ -119,7 +119,7 @@ def test_approvals_start_a_round_that_survives_a_killed_worker_and_rescores_the_
         timeout=120,
         what="the pool to be re-scored",
     )
-    assert score.result == {"scored": 3, "model": version.label}
+    assert score.result == {"ranked": 3, "scored_now": 3, "model": version.label}
     pool = Case.objects.filter(project=hp.project, status=Case.Status.NEW)
     assert {c.score_model for c in pool} == {version.label}
     assert MaskVersion.objects.filter(case__in=pool, model_version=version.label).count() == 3
@@ -145,4 +145,4 @@ def test_queued_work_survives_a_broker_that_lost_its_queues(hippo_project, start
     assert services.jobs_recover()["resent"] == [job.id]
     wait_for(lambda: Job.objects.get(pk=job.pk).finished, timeout=120, what="the re-sent job")
     job.refresh_from_db()
-    assert job.state == Job.State.SUCCEEDED and job.result["scored"] == 3
+    assert job.state == Job.State.SUCCEEDED and job.result["ranked"] == 3

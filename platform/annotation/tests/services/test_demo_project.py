@@ -39,3 +39,26 @@ def test_a_new_matching_volume_joins_the_project_once_it_is_ready(make_volume):
     assert project_intake(project=project) == 1
     assert project_intake(project=project) == 0
     assert project.cases.get().volume == arriving
+
+
+def test_embeddings_are_not_computed_for_a_volume_whose_cases_are_all_done(make_volume, monkeypatch):
+    from annotation import interactive
+    from annotation.models import Case
+    from annotation.services import volume_embeddings_compute
+
+    project, _ = demo_project_ensure()
+    volume = make_volume()
+    describe(volume, DEMO_SERIES)
+    project_intake(project=project)
+    calls = []
+
+    class Segmenter:
+        def embed(self, path, sha256):
+            calls.append(sha256)
+            return True
+
+    monkeypatch.setattr(interactive, "segmenter", lambda: Segmenter())
+    Case.objects.filter(volume=volume).update(status=Case.Status.APPROVED)
+    assert volume_embeddings_compute(volume_id=volume.id) is False and calls == []
+    Case.objects.filter(volume=volume).update(status=Case.Status.IN_PROGRESS)
+    assert volume_embeddings_compute(volume_id=volume.id) is True and calls == [volume.sha256]
