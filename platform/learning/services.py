@@ -20,7 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -228,22 +228,32 @@ def job_running(job_id: int, kind: str) -> Iterator[JobRun | None]:
 
 def jobs_recover() -> dict:
     """Beat's safety net: re-send queued jobs whose message was lost (a broker without persistence
-    restarted), and fail running jobs whose worker stopped reporting long ago."""
+    restarted), and running jobs whose worker stopped reporting long ago (its whole worker was killed:
+    the next worker takes the job over and resumes it), up to ``JOB_MAX_ATTEMPTS``; then they fail."""
     now = timezone.now()
     resend = Job.objects.filter(
         state=Job.State.QUEUED, dispatched_at__lt=now - timedelta(seconds=settings.JOB_REDISPATCH_SECONDS)
     )
-    resent = []
+    resent, failed = [], []
     for job in resend:
         job_dispatch(job.id)
         resent.append(job.id)
     stale = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
-    failed = []
-    for job in Job.objects.filter(state=Job.State.RUNNING, heartbeat_at__lt=stale):
+    lost = Job.objects.filter(state=Job.State.RUNNING, heartbeat_at__lt=stale).filter(
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale)
+    )
+    for job in lost:
+        if job.attempts < settings.JOB_MAX_ATTEMPTS:
+            line = f"worker {job.worker} stopped reporting at {job.heartbeat_at:%H:%M:%S}; sent again"
+            Job.objects.filter(pk=job.pk).update(dispatched_at=now, log=_tail(job.log, line))
+            job_dispatch(job.id)
+            resent.append(job.id)
+            continue
         _finish(
             job,
             Job.State.FAILED,
-            error=f"the worker ({job.worker}) stopped reporting at {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC",
+            error=f"the worker ({job.worker}) stopped reporting at {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC, "
+            f"after {job.attempts} attempts",
             line="failed: worker lost",
         )
         failed.append(job.id)

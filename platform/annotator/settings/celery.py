@@ -44,7 +44,9 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 # Jobs (learning app): a running job's worker renews its lease at every progress report; a job held
-# past its lease by a worker that stopped is taken over. Queued jobs whose message got lost are re-sent.
+# past its lease by a worker that stopped is taken over. Queued jobs whose message got lost are re-sent,
+# and so are running jobs whose whole worker died (their message is back only after the visibility timeout).
 JOB_LEASE_SECONDS = float(os.environ.get("JOB_LEASE_SECONDS", "120"))
 JOB_REDISPATCH_SECONDS = float(os.environ.get("JOB_REDISPATCH_SECONDS", "600"))
 JOB_STALE_SECONDS = float(os.environ.get("JOB_STALE_SECONDS", "3600"))
+JOB_MAX_ATTEMPTS = int(os.environ.get("JOB_MAX_ATTEMPTS", "3"))

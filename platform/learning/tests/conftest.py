@@ -24,8 +24,12 @@ from annotation.services import (
     project_create,
     project_volumes_add,
 )
+from annotation.tests import conftest as annotation_fixtures
 from annotation.tests.conftest import _media_root, make_volume, users  # noqa: F401 (fixtures)
 from learning.models import ModelVersion
+from learning.services import policy_get
+
+project = annotation_fixtures.project  # the two-class "Hippocampus" project, as the annotation tests have it
 
 HIPPOCAMPUS = Path(
     os.environ.get("ANNOTATOR_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared/data")
@@ -119,17 +123,7 @@ def model_version(
 
 
 @pytest.fixture
-def project(users):  # noqa: F811 (users: the fixture imported above)
-    return project_create(
-        name="Hippocampus",
-        modality="MR",
-        labels=[LabelSpec(1, "anterior", "#ff0000"), LabelSpec(2, "posterior", "#00ff00")],
-        user=users["admin"],
-    )
-
-
-@pytest.fixture
-def registry(project):
+def registry(project):  # noqa: F811 (the fixture imported above)
     """v1 (was active, retired) <- v2 (active) <- v3 (candidate, gate passed) and v4 (candidate, gate
     failed)."""
     now = timezone.now()
@@ -150,3 +144,15 @@ def registry(project):
         gate={"promotable": False, "reason": "not better than the active model (p=0.410)", "p_value": 0.41},
     )  # fmt: skip
     return {1: v1, 2: v2, 3: v3, 4: v4}
+
+
+def small_policy(project, *, epochs: int = 2, steps: int = 3, **changes):
+    """A few steps of a small network on a 2 mm grid, and a floor of 0 for a first model: tests of the
+    loop, not of what the model learns."""
+    policy = policy_get(project)
+    policy.epochs, policy.steps_per_epoch, policy.first_floor = epochs, steps, 0.0
+    policy.network = {"init_filters": 8, "roi_size": [24, 32, 24], "spacing": [2.0, 2.0, 2.0]}
+    for k, v in changes.items():
+        setattr(policy, k, v)
+    policy.save()
+    return policy

@@ -28,7 +28,7 @@ from learning.services import (
     pool_score_run,
     pool_score_start,
 )
-from learning.tests.conftest import hippocampus
+from learning.tests.conftest import hippocampus, small_policy
 
 pytestmark = pytest.mark.django_db
 
@@ -38,20 +38,9 @@ def _small(settings):
     torch.set_num_threads(1)  # two threads on a shared 2-core machine run slower, not faster
 
 
-def quick_policy(project, **changes):
-    policy = services.policy_get(project)
-    # A few steps of a small network: these tests are about the loop, not about what the model learns.
-    policy.epochs, policy.steps_per_epoch, policy.first_floor = 2, 3, 0.0
-    policy.network = {"init_filters": 8, "roi_size": [24, 32, 24], "spacing": [2.0, 2.0, 2.0]}
-    for k, v in changes.items():
-        setattr(policy, k, v)
-    policy.save()
-    return policy
-
-
 def approved_project(hippo_project, *, train=5, validation=5, pool=3):
     hp = hippo_project(train=train, validation=validation, pool=pool)
-    quick_policy(hp.project)
+    small_policy(hp.project)
     for case in hp.cases.get("train", []) + hp.cases.get("validation", []):
         hp.approve(case)
     return hp
@@ -116,7 +105,7 @@ def test_a_worse_candidate_stays_a_candidate_and_cannot_be_promoted(hippo_projec
     hp = approved_project(hippo_project)
     first = run_round(hp.project)
     # A round whose training is all but nothing (lr near zero on a LoRA): no significant gain.
-    quick_policy(hp.project, epochs=1, steps_per_epoch=1, method="lora_conv")
+    small_policy(hp.project, epochs=1, steps_per_epoch=1, method="lora_conv")
     second = run_round(hp.project)
     first.refresh_from_db()
     assert (second.parent, second.method, second.base_sha256) == (first, "lora_conv", first.weights_sha256)
@@ -130,7 +119,7 @@ def test_a_worse_candidate_stays_a_candidate_and_cannot_be_promoted(hippo_projec
 
 def test_manual_promotion_waits_for_the_admin_and_rollback_is_one_action(hippo_project):
     hp = approved_project(hippo_project)
-    quick_policy(hp.project, manual_promotion=True)
+    small_policy(hp.project, manual_promotion=True)
     first = run_round(hp.project)
     assert first.state == ModelVersion.State.CANDIDATE and first.gate["promotable"]
     first.job.refresh_from_db()
@@ -243,7 +232,9 @@ def test_a_job_held_by_a_live_worker_is_not_run_twice_but_a_lost_workers_job_is_
     assert job.attempts == 2 and "was lost" in job.log and job.state == Job.State.FAILED
 
 
-def test_recovery_resends_lost_messages_and_fails_jobs_whose_worker_vanished(hippo_project, settings):
+def test_recovery_resends_lost_messages_and_reruns_then_fails_jobs_whose_worker_vanished(
+    hippo_project, settings
+):
     hp = hippo_project(train=0, validation=0, pool=1)
     queued, _ = pool_score_start(project=hp.project)
     old = timezone.now() - timedelta(seconds=settings.JOB_REDISPATCH_SECONDS + 5)
@@ -259,11 +250,21 @@ def test_recovery_resends_lost_messages_and_fails_jobs_whose_worker_vanished(hip
         tasks.pool_score.delay = original
     assert out["resent"] == [queued.id] and sent == [queued.id]
 
+    # Running, but its whole worker died an hour ago: sent again (the next worker takes it over) ...
+    long_ago = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 5)
     Job.objects.filter(pk=queued.pk).update(
-        state=Job.State.RUNNING,
-        worker="gone:1",
-        heartbeat_at=timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 5),
+        state=Job.State.RUNNING, worker="gone:1", heartbeat_at=long_ago, dispatched_at=long_ago, attempts=1
     )
+    tasks.pool_score.delay = lambda job_id: sent.append(job_id)
+    try:
+        assert services.jobs_recover()["resent"] == [queued.id]
+        assert services.jobs_recover()["resent"] == []  # not again while that message is on its way
+    finally:
+        tasks.pool_score.delay = original
+    queued.refresh_from_db()
+    assert queued.state == Job.State.RUNNING and "sent again" in queued.log
+    # ... until it has used its attempts: then it fails and says why.
+    Job.objects.filter(pk=queued.pk).update(dispatched_at=long_ago, attempts=settings.JOB_MAX_ATTEMPTS)
     assert services.jobs_recover()["failed"] == [queued.id]
     queued.refresh_from_db()
     assert queued.state == Job.State.FAILED and "stopped reporting" in queued.error
@@ -284,7 +285,7 @@ def test_the_tick_starts_a_round_after_n_approvals_and_scores_new_cases(
     hippo_project, django_capture_on_commit_callbacks
 ):
     hp = hippo_project(train=3, validation=0, pool=1)
-    quick_policy(hp.project, adapt_every=3)
+    small_policy(hp.project, adapt_every=3)
     with django_capture_on_commit_callbacks(execute=False):
         out = learning_tick()
     assert out["adapt"] == [] and len(out["score"]) == 1  # nothing approved; new cases unscored

@@ -20,6 +20,7 @@ from annotation.models import Case, MaskVersion
 from annotator.celery import app
 from learning import services, tasks
 from learning.models import Job, ModelVersion
+from learning.tests.conftest import small_policy
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
@@ -70,20 +71,11 @@ def wait_for(predicate, *, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def policy(project, **changes):
-    p = services.policy_get(project)
-    p.epochs, p.steps_per_epoch, p.first_floor = 3, 6, 0.0
-    p.network = {"init_filters": 8, "roi_size": [24, 32, 24], "spacing": [2.0, 2.0, 2.0]}
-    for k, v in changes.items():
-        setattr(p, k, v)
-    p.save()
-
-
 def test_approvals_start_a_round_that_survives_a_killed_worker_and_rescores_the_pool(
     hippo_project, start_worker, settings
 ):
     hp = hippo_project(train=5, validation=5, pool=3)
-    policy(hp.project)
+    small_policy(hp.project, epochs=3, steps=6)
     for case in hp.cases["train"] + hp.cases["validation"]:
         hp.approve(case)
     app.control.purge()  # what taking and approving queued (embeddings, SEG export): not this test's work

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import CommandError
+from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import User
 from annotation.models import Project
+from common.exceptions import ApplicationError
 from learning.models import ModelVersion
 
 
@@ -48,3 +49,22 @@ def user_get(username: str) -> User | None:
 
 def dumps(payload: dict) -> str:
     return json.dumps(payload, indent=2, default=str)
+
+
+class VersionCommand(BaseCommand):
+    """A command that applies a registry action (``action``: promote, roll back) to one model version."""
+
+    action = None  # a learning.services function taking version= and user=
+
+    def add_arguments(self, parser):
+        add_project_argument(parser)
+        parser.add_argument("--model", type=int, required=True, help="the model version number (v<N>)")
+
+    def handle(self, *args, **options):
+        project = project_get(options["project"])
+        version = version_get(project, options["model"])
+        try:
+            version = type(self).action(version=version, user=user_get(options["username"]))
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from None
+        self.stdout.write(dumps({"active": version.number, "validation_dice": version.validation_dice}))
