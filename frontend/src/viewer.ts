@@ -21,6 +21,7 @@ import {
   drawToNative,
   nativeAxisOfView,
   nativeToDraw,
+  nativeToRas,
   orientationFrom,
   rasToNative,
 } from "./orientation";
@@ -162,6 +163,22 @@ export class Viewer {
   get o(): Orientation {
     if (!this.orientation) throw new ViewerError("No volume is open.");
     return this.orientation;
+  }
+
+  /**
+   * Go to native voxel `ijk` (the crosshair moves there, so every 2D view shows its slice) and return
+   * where it is drawn on the page in the 2D view of `tile`, in CSS pixels: what a script or a browser
+   * test clicks to act as a user would.
+   */
+  pagePoint(ijk: ArrayLike<number>, tile: number): [number, number] {
+    const frac = this.nv.vox2frac(nativeToRas(this.o, ijk));
+    this.nv.scene.crosshairPos = frac;
+    this.nv.drawScene();
+    const hit = this.nv.frac2canvasPosWithTile(frac, tile);
+    if (!hit) throw new ViewerError(`View ${tile} does not show voxel [${Array.from(ijk)}].`);
+    const rect = this.canvas.getBoundingClientRect();
+    const dpr = this.nv.uiData.dpr || 1;
+    return [rect.left + hit.pos[0] / dpr, rect.top + hit.pos[1] / dpr];
   }
 
   /** Replace the drawing with a stored version's label map (a gzipped NIfTI on the volume's grid). */

@@ -326,7 +326,8 @@ def model_version_record(*, job: Job, result, parent: ModelVersion | None, base:
         return existing
     LearningPolicy.objects.select_for_update().get_or_create(project=job.project)
     number = (ModelVersion.objects.filter(project=job.project).aggregate(n=Max("number"))["n"] or 0) + 1
-    base_path = str(base) if not str(base).startswith(str(settings.MEDIA_ROOT)) else media_relative(base)
+    # A base in the media store is kept relative to it (the store may move); an admin's file as given.
+    base_path = media_relative(base) if Path(base).is_relative_to(settings.MEDIA_ROOT) else str(base)
     adapter_path, adapter_sha = _file(result.adapter)
     weights_path, weights_sha = _file(result.weights)
     gate = {"promotable": result.promotable, "reason": result.reason}

@@ -29,17 +29,8 @@ from django.test.utils import setup_databases, teardown_databases
 LABELS = ((1, "anterior", "#ff0000"), (2, "posterior", "#00ff00"))
 PASSWORD = "bench-viewer-password"
 
-# Native voxel -> page point on the 2D view drawn in `tile`, after moving the crosshair there.
-JS_POINT = """([ijk, tile]) => {
-  const v = window.annotator.page.viewer, o = v.orientation, nv = v.nv;
-  const ras = [0, 0, 0];
-  for (let n = 0; n < 3; n++) ras[o.rasAxis[n]] = o.flip[n] ? o.dims[n] - 1 - ijk[n] : ijk[n];
-  nv.scene.crosshairPos = nv.vox2frac(ras);
-  nv.drawScene();
-  const hit = nv.frac2canvasPosWithTile(nv.vox2frac(ras), tile);
-  const rect = nv.canvas.getBoundingClientRect(), dpr = nv.uiData.dpr || 1;
-  return [rect.left + hit.pos[0] / dpr, rect.top + hit.pos[1] / dpr];
-}"""
+# Native voxel -> page point on the 2D view drawn in `tile` (the viewer moves its crosshair there).
+JS_POINT = "([ijk, tile]) => window.annotator.page.viewer.pagePoint(ijk, tile)"
 JS_VIEW = """(view) => {
   const v = window.annotator.page.viewer;
   return [v.nv.screenSlices.findIndex((s) => s.axCorSag === view), v.orientation.rasAxis.indexOf(2 - view)];
