@@ -16,7 +16,8 @@ One run (a strategy and a seed)::
               embeddings of the preprocessed images (Strategy interface, labelled=()): every strategy
               but ``random`` falls back to ``diversity`` (k-center greedy), ``random`` stays random
               (it is the baseline) -> the oracle labels ``initial`` cases -> a network initialised with
-              ``torch.manual_seed(seed)`` trains from scratch on them (``initial_train``)
+              ``torch.manual_seed(seed)`` (and, with ``pretrained``, the Volume Fusion weights
+              transferred onto it) trains on them (``initial_train``)
     round r   the current model scores the unlabelled pool (the strategy's score: entropy, tta,
               mc_dropout, disagreement; nothing for random and diversity) and, where the strategy reads
               embeddings (diversity, hybrid), embeds the cases by global average + max pooling of the
@@ -60,10 +61,17 @@ import torch
 
 from ml_worker.adaptation.compare import _mean_per_class, partition
 from ml_worker.adaptation.peft import get_method
+from ml_worker.adaptation.pretrain import transfer_pretrained
 from ml_worker.adaptation.train import ProgressCallback, TrainCase, TrainConfig, Trainer, case_means
 from ml_worker.inference.native import Native3DTask
 from ml_worker.io.volume import load_volume
-from ml_worker.models.checkpoints import autocast, select_device
+from ml_worker.models.checkpoints import (
+    CheckpointError,
+    autocast,
+    file_sha256,
+    load_state_dict,
+    select_device,
+)
 from ml_worker.models.native3d import Native3DConfig
 from ml_worker.uncertainty.pool import PoolItem
 from ml_worker.uncertainty.scorers import ScoringConfig, ScoringInput, score_volume
@@ -99,6 +107,10 @@ class SimulationConfig:
         adaptation. Both need a fixed number of steps (``steps_per_epoch >= 1``); their seeds are set
         per run and round (see the module docstring).
     reference_steps: steps of the fully supervised reference (0: the rule of the module docstring).
+    pretrained: a Volume Fusion pretraining file (:func:`~ml_worker.adaptation.pretrain.pretrain`)
+        every network starts from, transferred by :func:`~ml_worker.adaptation.pretrain.
+        transfer_pretrained` (the head and the guidance kernels keep their seeded initialisation);
+        None starts from the seeded initialisation alone.
     scoring: how the scorers reduce their maps (its seed is set per run and round).
     test_fraction: the fixed test part when no test cases are given (see :func:`split_cases`).
     """
@@ -112,10 +124,13 @@ class SimulationConfig:
     round_train: TrainConfig
     seeds: tuple[int, ...] = (0, 1, 2)
     reference_steps: int = 0
+    pretrained: Path | None = None
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategies", tuple(self.strategies))
+        if self.pretrained is not None:
+            object.__setattr__(self, "pretrained", Path(self.pretrained))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         problems = []
         if not self.strategies:
@@ -172,6 +187,7 @@ class SimulationConfig:
             "initial_train": self.initial_train.to_dict(),
             "round_train": self.round_train.to_dict(),
             "reference_steps": self.reference_steps or self.total_steps,
+            "pretrained": None if self.pretrained is None else str(self.pretrained),
             "scoring": dataclasses.asdict(self.scoring),
         }
 
@@ -367,10 +383,25 @@ class _Simulation:
         self.views = PoolViews(config.model, modality=config.initial_train.modality)
         self.progress = progress_factory or (lambda name: None)
         self.method = get_method("native3d", "full")
+        self.pretrained: dict[str, torch.Tensor] | None = None
+        self.transfer: dict[str, Any] | None = None
+        if config.pretrained is not None:
+            try:
+                self.pretrained = load_state_dict(config.pretrained)
+            except CheckpointError as exc:
+                raise ValueError(f"--pretrained: {exc}") from None
+            # a file of another width fails here, before any training
+            self.transfer = transfer_pretrained(self.pretrained, config.model.build()).summary() | {
+                "sha256": file_sha256(config.pretrained)
+            }
 
     def fresh_network(self, seed: int) -> torch.nn.Module:
+        """The seeded initialisation, with the pretrained weights transferred onto it when given."""
         torch.manual_seed(seed)
-        return self.config.model.build()
+        network = self.config.model.build()
+        if self.pretrained is not None:
+            transfer_pretrained(self.pretrained, network)
+        return network
 
     def train_and_test(
         self, network: torch.nn.Module, cases: list[TrainCase], train: TrainConfig, name: str
@@ -478,7 +509,8 @@ def simulate(
         (:func:`summarize`).
 
     Raises:
-        ValueError: budgets that do not fit the pool, test cases in the pool, duplicate ids.
+        ValueError: budgets that do not fit the pool, test cases in the pool, duplicate ids, a
+            pretrained file that cannot be read or does not fit the network (another width).
     """
     on_round = on_round or (lambda row: None)
     config.check_pool(len(pool))
@@ -488,7 +520,7 @@ def simulate(
     began = time.perf_counter()
     sim = _Simulation(pool, test, config, device=device, progress_factory=progress_factory)
     report: dict[str, Any] = {
-        "settings": config.to_dict() | {"device": str(sim.device)},
+        "settings": config.to_dict() | {"device": str(sim.device), "transfer": sim.transfer},
         "parts": {"pool": [c.case_id for c in pool], "test": [c.case_id for c in test]},
         "runs": {name: {} for name in config.strategies},
         "reference": {},

@@ -120,6 +120,13 @@ QUICK_HELP = (
             default=None,
             help="steps of the fully supervised reference (default: initial + rounds x round steps)",
         ),
+        arg(
+            "--pretrained",
+            type=Path,
+            default=None,
+            help="start every network from this Volume Fusion pretraining file (python -m ml_worker "
+            "pretrain, same --init-filters) instead of a random initialisation",
+        ),
         arg("--batch-size", type=int, default=2, help="samples per step (default 2)"),
         arg(
             "--lr", type=float, default=2e-3, help="AdamW peak lr of the first model and the reference (2e-3)"
@@ -209,6 +216,7 @@ def al_simulate_command(args: argparse.Namespace) -> int:
             initial_train=TrainConfig(epochs=1, steps_per_epoch=s["initial_steps"], lr=args.lr, **common),
             round_train=TrainConfig(epochs=1, steps_per_epoch=s["round_steps"], lr=args.round_lr, **common),
             reference_steps=args.reference_steps or 0,
+            pretrained=args.pretrained,
             scoring=ScoringConfig(mc_samples=s["mc_samples"]),
         )
         config.check_pool(len(pool))

@@ -14,12 +14,15 @@ import torch
 from PIL import Image
 
 from ml_worker.adaptation.compare import default_model, partition
+from ml_worker.adaptation.pretrain import PretrainConfig, pretrain_network
 from ml_worker.adaptation.simulate_al import PoolViews, score_pool
 from ml_worker.adaptation.tests.synthetic import make_case
 from ml_worker.adaptation.train import Trainer
 from ml_worker.cli import main
 from ml_worker.inference.native import Native3DTask
 from ml_worker.io.volume import load_volume
+from ml_worker.models.checkpoints import load_state_dict
+from ml_worker.models.native3d import save_native3d
 from ml_worker.uncertainty.embedding import intensity_embedding
 from ml_worker.uncertainty.pool import PoolItem
 from ml_worker.uncertainty.scorers import ScoringConfig
@@ -275,3 +278,59 @@ def test_score_pool_gives_each_strategy_what_it_reads(data):
     assert all("disagreement" not in i.scores and i.embedding.shape == model_embedding for i in items + known)
     items, _ = scored("disagreement", previous)
     assert all(0.0 <= i.scores["disagreement"] <= 1.0 for i in items)
+
+
+def _pretrained_file(path, *, init_filters=8, seed=7):
+    """A file as ``pretrain`` writes it: a Volume Fusion network (5 levels, no guidance), random weights."""
+    config = PretrainConfig(init_filters=init_filters, roi_size=(16, 16, 16))
+    torch.manual_seed(seed)
+    save_native3d(pretrain_network(config), config.network_config(), path)
+    return load_state_dict(path)
+
+
+def test_pretrained_weights_are_where_every_run_and_the_reference_start(data, tmp_path):
+    pretrained = _pretrained_file(tmp_path / "vf.pt")
+    starts = []
+    fit = Trainer.fit
+
+    def recording_fit(self, cases, **kwargs):
+        starts.append(_state(self.network))
+        return fit(self, cases, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "fit", recording_fit)
+        rc, _, err = cli(
+            data,
+            tmp_path / "out",
+            "--strategies",
+            "random",
+            "--rounds",
+            "0",
+            "--seeds",
+            "1",
+            "--pretrained",
+            str(tmp_path / "vf.pt"),
+        )
+    assert rc == 0, err
+    assert len(starts) == 2  # the cold-start model and the fully supervised reference, seed 0 each
+    fresh = _fresh(0)
+    head = {"conv_final.2.conv.weight", "conv_final.2.conv.bias"}
+    for start in starts:
+        body = set(start) - head - {"convInit.conv.weight"}
+        assert body and all(torch.equal(start[k], pretrained[k]) for k in body)
+        assert all(torch.equal(start[k], fresh[k]) for k in head)  # the head: the seeded initialisation
+        assert torch.equal(start["convInit.conv.weight"][:, :1], pretrained["convInit.conv.weight"])
+        assert not start["convInit.conv.weight"][:, 1:].any()  # guidance starts with no effect
+    settings = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]
+    assert settings["pretrained"] == str(tmp_path / "vf.pt")
+    assert settings["transfer"]["copied"] == len(body) and settings["transfer"]["sha256"]
+
+
+def test_a_pretrained_file_that_does_not_fit_is_refused_before_training(data, tmp_path):
+    _pretrained_file(tmp_path / "wide.pt", init_filters=16)
+    rc, out, err = cli(data, tmp_path / "out", "--pretrained", str(tmp_path / "wide.pt"))
+    assert rc == 2 and "another init_filters" in err and not out
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    rc, out, err = cli(data, tmp_path / "out", "--pretrained", str(tmp_path / "bad.pt"))
+    assert rc == 2 and "--pretrained:" in err and "bad.pt" in err and not out
+    assert not (tmp_path / "out" / "results.json").exists()
