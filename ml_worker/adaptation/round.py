@@ -1,6 +1,7 @@
 """One turn of the learning loop as the platform runs it, with no Django: paths in, files and numbers out.
 
-- :func:`initial_checkpoint`: a project's first base, a seeded initialisation of the native 3D net.
+- :func:`initial_checkpoint`: a project's first base, a seeded initialisation of the native 3D net
+  (optionally carrying a site's Volume Fusion pretrained weights).
 - :func:`adaptation_round`: adapt a base with a PEFT method on approved cases (resumable), score the
   candidate and the active model on the same locked validation cases, let the gate judge, and write the
   adapter and the merged weights the workers serve.
@@ -21,6 +22,7 @@ import torch
 
 from ml_worker.adaptation.gate import GateError, GateResult, gate
 from ml_worker.adaptation.peft import get_method, merge
+from ml_worker.adaptation.pretrain import transfer_pretrained
 from ml_worker.adaptation.train import (
     ProgressCallback,
     TrainCase,
@@ -50,9 +52,18 @@ def initial_checkpoint(
     roi_size: Sequence[int] = (48, 64, 48),
     spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
     seed: int = 0,
+    pretrained: Path | None = None,
 ) -> Path:
-    """Write a seeded, untrained native 3D net for the label set `labels` (value -> name) to `path`:
-    the base a project without a pretrained checkpoint starts from (its first round trains fully)."""
+    """Write a seeded native 3D net for the label set `labels` (value -> name) to `path`: the base a
+    project without a trained checkpoint starts from (its first round trains fully).
+
+    pretrained: a Volume Fusion pretraining file (:func:`~ml_worker.adaptation.pretrain.pretrain` on the
+        site's unlabelled volumes, the same ``init_filters``): its weights are transferred onto the net
+        (:func:`~ml_worker.adaptation.pretrain.transfer_pretrained`; the head stays initialised).
+
+    Raises:
+        TransferError: a pretrained file of another width; CheckpointError: an unreadable one.
+    """
     values = sorted(labels)
     config = Native3DConfig(
         num_classes=len(values),
@@ -63,7 +74,10 @@ def initial_checkpoint(
         spacing=None if spacing is None else tuple(spacing),
     )
     torch.manual_seed(seed)
-    return save_native3d(config.build(), config, path)
+    network = config.build()
+    if pretrained is not None:
+        transfer_pretrained(Path(pretrained), network)
+    return save_native3d(network, config, path)
 
 
 @dataclass(frozen=True)

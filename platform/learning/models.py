@@ -18,8 +18,10 @@ def default_network() -> dict:
 class LearningPolicy(models.Model):
     """How a project's model learns: when a round starts, with which method, how a candidate is judged.
 
-    ``base_checkpoint``: a native 3D checkpoint file an admin points to (a site's pretrained model);
-    empty: the first round trains the network from its initialisation (method ``full``).
+    ``base_checkpoint``: a native 3D segmentation checkpoint an admin points to (a site's trained
+    model); empty: the first round trains the network from its initialisation (method ``full``), which
+    carries the weights of ``pretrained`` when set (Volume Fusion pretraining on the site's own
+    unlabelled volumes, ``python -m ml_worker pretrain``).
     """
 
     project = models.OneToOneField("annotation.Project", on_delete=models.CASCADE, related_name="learning")
@@ -37,6 +39,12 @@ class LearningPolicy(models.Model):
     alpha = models.FloatField(default=0.05, help_text="Significance of the paired test")
     first_floor = models.FloatField(default=0.5, help_text="Least mean Dice of a project's first model")
     base_checkpoint = models.CharField(max_length=500, blank=True)
+    pretrained = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Volume Fusion pretraining file (python -m ml_worker pretrain, same init_filters) the "
+        "first model starts from, without a base checkpoint",
+    )
     network = models.JSONField(default=default_network, help_text="The initial network, without a base")
     lr = models.FloatField(default=2e-3)
     epochs = models.PositiveIntegerField(default=4)

@@ -436,8 +436,11 @@ def _train_cases(project: Project, approved: dict[int, MaskVersion]):
 
 def _base_for(project: Project, job: Job, policy: LearningPolicy, active: ModelVersion | None) -> Path:
     """The checkpoint a round starts from: the one the admin named, the active model (warm start), the
-    project's pretrained base, or a seeded initialisation of the network."""
+    project's base checkpoint, or a seeded initialisation of the network (with the project's pretrained
+    weights, if any)."""
+    from ml_worker.adaptation.pretrain import TransferError
     from ml_worker.adaptation.round import initial_checkpoint
+    from ml_worker.models.checkpoints import CheckpointError, file_sha256
 
     named = job.params.get("base_checkpoint") or ("" if active is not None else policy.base_checkpoint)
     if named:
@@ -447,12 +450,22 @@ def _base_for(project: Project, job: Job, policy: LearningPolicy, active: ModelV
         return path
     if active is not None:
         return media_path(active.weights_path)
-    path = media_path(f"models/project-{project.id}/init.pt")
+    pretrained = Path(policy.pretrained) if policy.pretrained else None
+    name = "init.pt"
+    if pretrained is not None:
+        if not pretrained.is_file():
+            raise ApplicationError(
+                f"The pretrained file {pretrained} does not exist (as seen by the worker)."
+            )
+        name = f"init-pretrained-{file_sha256(pretrained)[:16]}.pt"  # another file, another init
+    path = media_path(f"models/project-{project.id}/{name}")
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         labels = dict(project.labels.values_list("value", "name"))
         try:
-            initial_checkpoint(labels, path, **policy.network)
+            initial_checkpoint(labels, path, pretrained=pretrained, **policy.network)
+        except (CheckpointError, TransferError) as exc:
+            raise ApplicationError(f"The pretrained file {pretrained} cannot be used: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ApplicationError(
                 f"The project's network settings {policy.network} are invalid: {exc}"
@@ -483,7 +496,7 @@ def adaptation_run(*, job_id: int) -> ModelVersion | None:
         base = _base_for(project, job, policy, active)
         method = job.params["method"]
         if active is None and not (job.params.get("base_checkpoint") or policy.base_checkpoint):
-            method = "full"  # an initialisation has nothing to keep frozen
+            method = "full"  # an initialisation (pretrained or not) has an untrained head: train it all
         start = base.name
         if active is not None and base == media_path(active.weights_path):
             start = f"the active model v{active.number}"

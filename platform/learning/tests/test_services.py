@@ -16,6 +16,7 @@ from django.utils import timezone
 from annotation.masks import mask_read
 from annotation.models import Case, MaskVersion
 from common.exceptions import ApplicationError
+from common.media import media_path
 from learning import services
 from learning.models import Job, ModelVersion
 from learning.services import (
@@ -162,6 +163,46 @@ def test_a_bad_base_checkpoint_fails_the_job_clearly_and_leaves_the_active_model
     adaptation_run(job_id=missing.id)
     missing.refresh_from_db()
     assert missing.state == Job.State.FAILED and "does not exist" in missing.error
+
+
+def _pretraining_file(path: Path, *, init_filters: int) -> dict[str, torch.Tensor]:
+    """A file as ``python -m ml_worker pretrain`` writes it (random weights: what is copied is tested,
+    not what was learnt)."""
+    from ml_worker.adaptation.pretrain import PretrainConfig, pretrain_network
+    from ml_worker.models.checkpoints import load_state_dict
+    from ml_worker.models.native3d import save_native3d
+
+    config = PretrainConfig(init_filters=init_filters, roi_size=(24, 32, 24))
+    torch.manual_seed(3)
+    save_native3d(pretrain_network(config), config.network_config(), path)
+    return load_state_dict(path)
+
+
+def test_the_first_model_starts_from_the_sites_pretrained_weights(hippo_project, tmp_path):
+    from ml_worker.models.native3d import load_native3d
+
+    hp = approved_project(hippo_project)
+    # A file that is not there, or of another width, fails the round with what to fix; nothing is made.
+    _pretraining_file(tmp_path / "wide.pt", init_filters=16)
+    for name, message in (("missing.pt", "does not exist"), ("wide.pt", "another init_filters")):
+        small_policy(hp.project, pretrained=str(tmp_path / name))
+        job, _ = adaptation_start(project=hp.project, user=None)
+        assert adaptation_run(job_id=job.id) is None
+        job.refresh_from_db()
+        assert job.state == Job.State.FAILED and message in job.error and name in job.error
+    assert not ModelVersion.objects.filter(project=hp.project).exists()
+
+    pretrained = _pretraining_file(tmp_path / "site_vf.pt", init_filters=8)
+    small_policy(hp.project, pretrained=str(tmp_path / "site_vf.pt"))
+    version = run_round(hp.project)
+    assert version is not None and version.method == "full"  # the head is new: everything trains
+    assert "init-pretrained-" in version.base_path
+    assert "init-pretrained-" in Job.objects.get(pk=version.job_id).log
+    base, _ = load_native3d(media_path(version.base_path))
+    body = {k: v for k, v in base.state_dict().items() if not k.startswith(("conv_final.2.", "convInit."))}
+    assert body and all(torch.equal(v, pretrained[k]) for k, v in body.items())
+    stem = base.state_dict()["convInit.conv.weight"]
+    assert torch.equal(stem[:, :1], pretrained["convInit.conv.weight"]) and not stem[:, 1:].any()
 
 
 def test_a_round_without_approved_train_cases_fails_with_a_reason(hippo_project):
