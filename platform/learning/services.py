@@ -497,6 +497,8 @@ def adaptation_run(*, job_id: int) -> ModelVersion | None:
         method = job.params["method"]
         if active is None and not (job.params.get("base_checkpoint") or policy.base_checkpoint):
             method = "full"  # an initialisation (pretrained or not) has an untrained head: train it all
+            job.params = job.params | {"method": method, "requested_method": job.params["method"]}
+            Job.objects.filter(pk=job.pk).update(params=job.params)  # what the dashboard shows
         start = base.name
         if active is not None and base == media_path(active.weights_path):
             start = f"the active model v{active.number}"

@@ -197,7 +197,9 @@ def test_the_first_model_starts_from_the_sites_pretrained_weights(hippo_project,
     version = run_round(hp.project)
     assert version is not None and version.method == "full"  # the head is new: everything trains
     assert "init-pretrained-" in version.base_path
-    assert "init-pretrained-" in Job.objects.get(pk=version.job_id).log
+    job = Job.objects.get(pk=version.job_id)
+    assert "init-pretrained-" in job.log
+    assert job.params["method"] == "full" and job.params["requested_method"] == "lora_conv"
     base, _ = load_native3d(media_path(version.base_path))
     body = {k: v for k, v in base.state_dict().items() if not k.startswith(("conv_final.2.", "convInit."))}
     assert body and all(torch.equal(v, pretrained[k]) for k, v in body.items())
