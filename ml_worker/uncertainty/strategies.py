@@ -13,6 +13,7 @@ name              order                                                         
 ``mc_dropout``    highest score first                                                  ``mc_dropout``
 ``disagreement``  highest score first                                                  ``disagreement``
 ``diversity``     k-center greedy on embeddings, labelled volumes counting as centres  embedding
+                  (nothing labelled: the most typical volume of each k-means group)
 ``hybrid``        k-means into ``k`` clusters, most uncertain of each cluster first    score, embedding
 ================  ===================================================================  ================
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -174,7 +176,7 @@ def _checked_pool(pool: Sequence[PoolItem], labelled: Sequence[PoolItem]) -> lis
         if not isinstance(item, PoolItem):
             raise SelectionError(f"pool and labelled must hold PoolItems, got a {type(item).__name__}")
     ids = [item.volume_id for item in items]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise SelectionError(f"the pool lists volumes more than once: {_listing(duplicates)}")
     both = sorted(set(ids) & {item.volume_id for item in labelled})
@@ -273,10 +275,65 @@ def _kcenter_order(
     return order, gaps, seeded
 
 
+def _typicality(points: np.ndarray, neighbours: int = 20) -> np.ndarray:
+    """TypiClust's typicality of each point: the inverse of its mean distance to its ``neighbours``
+    nearest other points (high in dense regions, low for outliers; 0 for a lone point)."""
+    n = len(points)
+    m = min(neighbours, n - 1)
+    if m < 1:
+        return np.zeros(n)
+    squared = (points**2).sum(axis=1)
+    out = np.empty(n)
+    for start in range(0, n, 1024):  # (1024, n) distances at a time
+        block = slice(start, start + 1024)
+        d2 = squared[block, None] - 2.0 * points[block] @ points.T + squared[None]
+        nearest = np.partition(d2, m, axis=1)[:, : m + 1]  # the m nearest and the point itself (0)
+        out[block] = m / np.maximum(np.sqrt(np.maximum(nearest, 0.0)).sum(axis=1), 1e-12)
+    return out
+
+
+def _typical_ranking(points: np.ndarray, n_clusters: int, ties: np.ndarray, prefix: str) -> list[tuple]:
+    """Cold start (nothing labelled) as TypiClust does it (Hacohen et al., ICML 2022: with a tiny budget
+    typical examples teach more than the outliers farthest-first picks): k-means into `n_clusters`
+    groups (seeded in dense regions), the most typical volume of each group (typicality within the
+    group), largest group first; then the second most typical of each, and so on. Groups of one volume
+    (isolated outliers) come last.
+
+    Returns ``(index, typicality, reason)`` for every point, in order.
+    """
+    # density on the scale of a group (about n / n_clusters volumes), not of the whole pool
+    density = _typicality(points, neighbours=min(20, math.ceil(len(points) / n_clusters) - 1))
+    labels = _kmeans(points, n_clusters, ties, iterations=20, typical=density)
+    typical = np.zeros(len(points))
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        typical[idx] = _typicality(points[idx])
+    members = {
+        int(c): sorted(np.flatnonzero(labels == c).tolist(), key=lambda i: (-typical[i], ties[i]))
+        for c in np.unique(labels)
+    }
+    groups = sorted(members, key=lambda c: (len(members[c]) == 1, -len(members[c]), ties[members[c][0]]))
+    ranking = []
+    for position in range(max(len(m) for m in members.values())):
+        for number, c in enumerate(groups, 1):
+            if position < len(members[c]) and (len(members[c]) > 1 or position == 0):
+                i = members[c][position]
+                where = "most typical" if position == 0 else f"#{position + 1} most typical"
+                reason = (
+                    f"{prefix}{where} of group {number}/{len(groups)} ({len(members[c])} volumes, "
+                    f"typicality {typical[i]:.3f})"
+                )
+                ranking.append((i, float(typical[i]), reason))
+    singles = {i for i, _, _ in ranking if len(members[int(labels[i])]) == 1}
+    return [r for r in ranking if r[0] not in singles] + [r for r in ranking if r[0] in singles]
+
+
 class DiversityStrategy(Strategy):
     """k-center greedy (core-set) on the volume embeddings: each pick is the volume farthest from every
     labelled volume and every earlier pick, so a batch covers the feature space and holds no
-    near-duplicates. With nothing labelled the first pick is the volume nearest the pool's mean.
+    near-duplicates. With nothing labelled (cold start) there is no centre to be far from, and
+    farthest-first would pick the pool's outliers; it takes the most typical volume of each of ``k``
+    k-means groups instead (:func:`_typical_ranking`).
 
     Scores are Euclidean distances between embeddings (for L2-normalised embeddings, in ``[0, 2]``).
     Beyond the ``k`` greedy picks the rest of the pool follows by distance to the picked and labelled
@@ -293,15 +350,23 @@ class DiversityStrategy(Strategy):
                 f"pool embeddings have {points.shape[1]} values, labelled ones {centres.shape[1]}"
             )
         ties = _tie_order(len(items), rng)
-        order, gaps, seeded = _kcenter_order(points, centres, k or len(items), ties)
         prefix = f"{why}: " if why else ""
-        ranked = []
-        for position, (i, gap) in enumerate(zip(order, gaps, strict=True)):
-            if position == 0 and seeded:
-                reason = f"{prefix}first of a diverse batch: the most typical volume (nearest the mean)"
-            else:
-                reason = f"{prefix}farthest from {'labelled and ' if labelled else ''}chosen volumes"
-            ranked.append(Ranked(items[i].volume_id, gap, f"{reason} (distance {gap:.3f})"))
+        if not len(centres):
+            n_clusters = min(k or math.ceil(math.sqrt(len(items))), len(items))
+            prefix = prefix or "cold start (no labelled volume yet): "
+            return [
+                Ranked(items[i].volume_id, score, reason)
+                for i, score, reason in _typical_ranking(points, n_clusters, ties, prefix)
+            ]
+        order, gaps, _ = _kcenter_order(points, centres, k or len(items), ties)
+        ranked = [
+            Ranked(
+                items[i].volume_id,
+                gap,
+                f"{prefix}farthest from labelled and chosen volumes (distance {gap:.3f})",
+            )
+            for i, gap in zip(order, gaps, strict=True)
+        ]
         if len(order) < len(items):
             nearest = np.full(len(items), np.inf)
             for centre in (*centres, *points[order]):
@@ -384,13 +449,37 @@ class DisagreementStrategy(UncertaintyStrategy):
     name = "disagreement"
 
 
-def _kmeans(points: np.ndarray, n_clusters: int, ties: np.ndarray, *, iterations: int) -> np.ndarray:
-    """Cluster index of every point: Lloyd's k-means started from k-center greedy centres.
+def _dense_seeds(points: np.ndarray, n: int, ties: np.ndarray, typical: np.ndarray) -> list[int]:
+    """Farthest-first weighted by typicality: the most typical point, then each time the point with the
+    largest ``typicality x distance to the seeds so far`` (far, but not an isolated outlier)."""
+    order = [_argmax(typical, ties)]
+    nearest = _distances(points, points[order[0]])
+    while len(order) < min(n, len(points)):
+        weighted = nearest * typical
+        weighted[order] = -np.inf
+        order.append(_argmax(weighted, ties))
+        nearest = np.minimum(nearest, _distances(points, points[order[-1]]))
+    return order
+
+
+def _kmeans(
+    points: np.ndarray,
+    n_clusters: int,
+    ties: np.ndarray,
+    *,
+    iterations: int,
+    typical: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cluster index of every point: Lloyd's k-means started from k-center greedy centres (or, given
+    each point's typicality, from :func:`_dense_seeds`, so outliers do not take clusters of their own).
 
     Farthest-first starting centres fall in separate groups whenever the groups are farther apart than
     they are wide, and Lloyd's steps then keep them there; k-means++ could put two in one group.
     """
-    order, _, _ = _kcenter_order(points, np.zeros((0, points.shape[1])), n_clusters, ties)
+    if typical is None:
+        order, _, _ = _kcenter_order(points, np.zeros((0, points.shape[1])), n_clusters, ties)
+    else:
+        order = _dense_seeds(points, n_clusters, ties, typical)
     centres = points[order].copy()
     labels = np.full(len(points), -1)
     for _ in range(iterations):

@@ -156,7 +156,7 @@ def test_cold_start_picks_by_diversity_and_random_stays_random(data, simulation)
     expected = get_strategy("diversity").select(items, K, rng=np.random.default_rng(12345))
     for run in simulation.report["runs"]["hybrid"].values():
         first = run["rounds"][0]
-        assert first["selected"] == expected
+        assert sorted(first["selected"]) == sorted(expected)  # (equal-sized groups: order by the rng)
         assert all(
             r.startswith("cold start (no labelled volume yet), chosen for diversity")
             for r in first["reasons"]

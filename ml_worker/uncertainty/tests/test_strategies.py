@@ -164,6 +164,25 @@ def test_cold_start_selects_by_diversity(name, labelled, scored, why):
     assert all("cold start" in r.reason and why in r.reason and "diversity" in r.reason for r in ranked)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cold_start_takes_typical_volumes_of_distinct_groups_not_outliers(seed):
+    # four groups of five, with a denser core in each; and two isolated volumes far away
+    pool = _grouped_pool() + [
+        _item("x-far", (40.0, 40.0), entropy=0.0),
+        _item("y-far", (-30.0, 25.0), entropy=0.0),
+    ]
+    for name in ("diversity", "hybrid", "entropy"):
+        ranked = get_strategy(name).rank(pool, k=4, rng=_rng(seed))
+        batch = [r.volume_id for r in ranked[:4]]
+        assert {_group_of(v) for v in batch} == {"a", "b", "c", "d"}
+        assert all(v.endswith("4") for v in batch)  # (0.05, 0.05): the centre of its group
+        assert {r.volume_id for r in ranked[-2:]} == {"x-far", "y-far"}  # the least typical last
+        assert "most typical of group 1/" in ranked[0].reason and "cold start" in ranked[0].reason
+    # with a labelled volume, k-center greedy: the far volumes are the least covered, so they come first
+    picked = DiversityStrategy().select(pool, 2, labelled=LABELLED, rng=_rng(seed))
+    assert set(picked) == {"x-far", "y-far"}
+
+
 def test_random_stays_random_at_cold_start():
     ranked = get_strategy("random").rank(_grouped_pool(), rng=_rng())
     assert all(r.reason == "random baseline" for r in ranked)
