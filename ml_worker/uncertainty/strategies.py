@@ -353,7 +353,6 @@ class DiversityStrategy(Strategy):
         prefix = f"{why}: " if why else ""
         if not len(centres):
             n_clusters = min(k or math.ceil(math.sqrt(len(items))), len(items))
-            prefix = prefix or "cold start (no labelled volume yet): "
             return [
                 Ranked(items[i].volume_id, score, reason)
                 for i, score, reason in _typical_ranking(points, n_clusters, ties, prefix)
