@@ -1,0 +1,300 @@
+"""Adaptation of LiteMedSAM, the interactive 2D model, on labelled volumes: box-prompted slices.
+
+What an annotator does with the model (draws a box on a slice, the model draws the structure) is what
+it trains on. A sample is one slice of a case along ``axis`` and one labelled class with foreground on
+it; the prompt is that class's bounding box on the slice, each side moved by up to ``jitter`` pixels (a
+hand-drawn box is never exact), the target is the class's mask. The slice goes through the inference
+preprocessing (the volume's percentile normalisation :func:`~ml_worker.inference.embeddings.normalise_mr`,
+then :func:`~ml_worker.models.litemedsam.preprocess_slice`), and the loss is BCE + soft Dice on the
+single-mask logits in the 256x256 model frame, padding excluded.
+
+The PEFT method (the ``litemedsam`` ones of :mod:`ml_worker.adaptation.peft`) decides what trains; a
+method that leaves the image encoder frozen (``decoder``) runs it without gradients. Frozen BatchNorm
+layers stay in eval mode (:func:`~ml_worker.adaptation.peft.set_train_mode`), so base + adapter is
+exactly the trained model. Sampling, jitter and the initialisation of added (LoRA) parameters follow
+from ``seed``.
+
+:meth:`SamTrainer.evaluate` scores what the annotator would get from one exact box per slice: every
+slice with the class in the truth is decoded from the truth's box, the slices are stacked, and Dice is
+taken over the volume, per case and class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ml_worker.adaptation.adapter import AdapterMetadata, save_adapter
+from ml_worker.adaptation.peft import PeftMethod, set_train_mode, trainable_parameters
+from ml_worker.adaptation.train import TrainCase
+from ml_worker.inference.embeddings import (
+    in_plane_axes,
+    normalise_mr,
+    set_volume_slice,
+    slice_transform,
+    volume_slice,
+)
+from ml_worker.inference.eval import dice
+from ml_worker.inference.sam3d import mask_box
+from ml_worker.io.volume import load_volume
+from ml_worker.models.checkpoints import autocast, select_device
+from ml_worker.models.litemedsam import (
+    IMAGE_SIZE,
+    LiteMedSAM,
+    SliceTransform,
+    postprocess_mask,
+    preprocess_slice,
+)
+
+__all__ = ["SamTrainConfig", "SamTrainer"]
+
+
+@dataclass(frozen=True)
+class SamTrainConfig:
+    """Hyper-parameters of a LiteMedSAM adaptation (recorded in its adapter file).
+
+    steps: optimizer steps; batch_size: box-prompted slices per step.
+    lr, weight_decay: AdamW; cosine decay to 1% of ``lr`` over the steps. clip_norm: 0 switches it off.
+    axis: the slice axis (the one the interactive model works along).
+    jitter: each side of a training box moves by up to this many pixels (outwards or inwards).
+    seed: seeds sampling, jitter and added parameters.
+    """
+
+    steps: int = 100
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    axis: int = 2
+    jitter: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.steps < 1 or self.batch_size < 1:
+            problems.append("steps and batch_size must be >= 1")
+        if not self.lr > 0 or self.weight_decay < 0 or self.clip_norm < 0:
+            problems.append("lr must be > 0, weight_decay and clip_norm >= 0")
+        if self.axis not in (0, 1, 2) or self.jitter < 0:
+            problems.append(f"axis must be 0, 1 or 2 and jitter >= 0, got {self.axis}, {self.jitter}")
+        if problems:
+            raise ValueError("invalid SamTrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Case:
+    case_id: str
+    volume: np.ndarray  # normalised to [0, 1], float32
+    label: np.ndarray  # integer label values
+    labelled: tuple[int, ...]
+
+
+def _frame(mask2d: np.ndarray, transform: SliceTransform) -> Tensor:
+    """A ``[row, col]`` mask in the 256x256 model frame (resized nearest, padded with 0)."""
+    h, w = transform.resized_size
+    x = torch.from_numpy(np.ascontiguousarray(mask2d, dtype=np.float32))[None, None]
+    x = F.interpolate(x, size=(h, w), mode="nearest-exact")
+    return F.pad(x, (0, IMAGE_SIZE - w, 0, IMAGE_SIZE - h))[0]
+
+
+def _loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """BCE + soft Dice per sample over the valid (unpadded) pixels, averaged over the batch."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * valid).sum(dim=(1, 2, 3)) / valid.sum(dim=(1, 2, 3))
+    p = torch.sigmoid(logits) * valid
+    soft_dice = (2 * (p * target).sum(dim=(1, 2, 3)) + 1) / (
+        p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1
+    )
+    return (bce + 1 - soft_dice).mean()
+
+
+class SamTrainer:
+    """Adapts a LiteMedSAM model in place with a PEFT method on box-prompted slices of labelled cases.
+
+    Args:
+        model: LiteMedSAM (e.g. :func:`~ml_worker.models.checkpoints.load_litemedsam`); `method` is
+            applied to it here.
+        method: a ``litemedsam`` PEFT method.
+        config: the hyper-parameters.
+        device: "cpu", "cuda", ... (default: CUDA when available).
+        progress: called after each step with ``(step, steps, loss)``.
+        base_sha256: sha256 of the base weights file (what :meth:`save_adapter` records).
+    """
+
+    def __init__(
+        self,
+        model: LiteMedSAM,
+        method: PeftMethod,
+        config: SamTrainConfig,
+        *,
+        device: str | torch.device | None = None,
+        progress: Callable[[int, int, float], None] | None = None,
+        base_sha256: str | None = None,
+    ) -> None:
+        self.device = select_device(device) if not isinstance(device, torch.device) else device
+        self.config, self.method, self.progress, self.base_sha256 = config, method, progress, base_sha256
+        torch.manual_seed(config.seed)  # LoRA's A matrices
+        self.model = method.apply(model).to(self.device)
+        self.encoder_trains = any(p.requires_grad for p in self.model.image_encoder.parameters())
+
+    # ---- data ----------------------------------------------------------------------------------------
+
+    def _load(self, cases: Sequence[TrainCase]) -> list[_Case]:
+        loaded = []
+        for case in cases:
+            image, _ = load_volume(case.image)
+            label, _ = load_volume(case.label)
+            if image.shape != label.shape:
+                raise ValueError(f"{case.case_id}: image {image.shape} and label {label.shape} differ")
+            loaded.append(
+                _Case(case.case_id, normalise_mr(image), np.rint(label).astype(np.int32), case.labelled)
+            )
+        return loaded
+
+    def _slices(self, case: _Case, value: int) -> list[int]:
+        """The slices along the axis on which `value` has foreground."""
+        present = (case.label == value).any(axis=in_plane_axes(self.config.axis))
+        return [int(k) for k in np.flatnonzero(present)]
+
+    def _samples(self, cases: list[_Case]) -> list[tuple[int, int, int]]:
+        """(case, slice, label value) for every slice with foreground of a labelled class."""
+        return [
+            (i, k, v) for i, case in enumerate(cases) for v in case.labelled for k in self._slices(case, v)
+        ]
+
+    def _batch(
+        self, cases: list[_Case], picks: Sequence[tuple[int, int, int]], rng: np.random.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Images, model-frame boxes (jittered when given `rng`), targets and valid-pixel masks."""
+        images, boxes, targets, valid = [], [], [], []
+        for i, k, value in picks:
+            case = cases[i]
+            x, transform = preprocess_slice(volume_slice(case.volume, self.config.axis, k))
+            mask = volume_slice(case.label, self.config.axis, k) == value
+            box = mask_box(mask)
+            j = self.config.jitter
+            if rng is not None and j:
+                box = box + rng.integers(-j, j + 1, size=4)
+            h, w = mask.shape
+            x0, x1 = sorted((int(np.clip(box[0], 0, w - 1)), int(np.clip(box[2], 0, w - 1))))
+            y0, y1 = sorted((int(np.clip(box[1], 0, h - 1)), int(np.clip(box[3], 0, h - 1))))
+            images.append(x)
+            boxes.append(transform.boxes_to_model(np.array([x0, y0, x1, y1]))[None])
+            targets.append(_frame(mask, transform))
+            valid.append(_frame(np.ones_like(mask), transform))
+        dev = self.device
+        return (
+            torch.stack(images).to(dev),
+            torch.cat(boxes).to(dev),
+            torch.stack(targets).to(dev),
+            torch.stack(valid).to(dev),
+        )
+
+    def _logits(self, images: Tensor, boxes: Tensor) -> Tensor:
+        with autocast(self.device):
+            if self.encoder_trains:
+                embeddings = self.model.encode(images)
+            else:
+                with torch.no_grad():
+                    embeddings = self.model.encode(images)
+            logits, _ = self.model.decode(embeddings, boxes=boxes)
+        return logits.float()
+
+    # ---- training and evaluation ---------------------------------------------------------------------
+
+    def fit(self, cases: Sequence[TrainCase]) -> dict[str, Any]:
+        """Train on `cases`; returns ``{"losses": per step, "seconds": ..., "samples": ...}``.
+
+        Raises:
+            ValueError: no labelled foreground on any slice of `cases`.
+        """
+        config = self.config
+        loaded = self._load(cases)
+        samples = self._samples(loaded)
+        if not samples:
+            raise ValueError("no slice of these cases holds a labelled structure: nothing to train on")
+        rng = np.random.default_rng(config.seed)
+        params = list(trainable_parameters(self.model).values())
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)),
+        )
+        set_train_mode(self.model)
+        losses: list[float] = []
+        began = time.perf_counter()
+        for step in range(1, config.steps + 1):
+            picks = [samples[i] for i in rng.integers(0, len(samples), size=config.batch_size)]
+            images, boxes, targets, valid = self._batch(loaded, picks, rng)
+            loss = _loss(self._logits(images, boxes), targets, valid)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            if self.progress is not None:
+                self.progress(step, config.steps, losses[-1])
+        self.model.eval()
+        return {"losses": losses, "seconds": time.perf_counter() - began, "samples": len(samples)}
+
+    @torch.no_grad()
+    def evaluate(self, cases: Sequence[TrainCase], *, batch_size: int = 8) -> dict[str, dict[str, float]]:
+        """Dice per case and label value (as text) from one exact box per slice of the truth."""
+        self.model.eval()
+        axis = self.config.axis
+        loaded = self._load(cases)
+        by_case: dict[str, dict[str, float]] = {}
+        for i, case in enumerate(loaded):
+            transform = slice_transform(case.volume.shape, axis)
+            for value in case.labelled:
+                truth = case.label == value
+                picks = [(i, k, value) for k in self._slices(case, value)]
+                if not picks:
+                    continue
+                predicted = np.zeros_like(truth)
+                for start in range(0, len(picks), batch_size):
+                    chunk = picks[start : start + batch_size]
+                    images, boxes, _, _ = self._batch(loaded, chunk, None)
+                    for (_, k, _), logits in zip(chunk, self._logits(images, boxes), strict=True):
+                        set_volume_slice(predicted, axis, k, postprocess_mask(logits, transform))
+                by_case.setdefault(case.case_id, {})[str(value)] = dice(predicted, truth)
+        return by_case
+
+    def save_adapter(
+        self,
+        path: Path,
+        *,
+        data_snapshot_ids: Sequence[str] = (),
+        metrics: Mapping[str, Any] | None = None,
+    ) -> AdapterMetadata:
+        """Write the trained tensors and their metadata as an adapter file (see :mod:`..adapter`).
+
+        Raises:
+            ValueError: the trainer was built without ``base_sha256``.
+        """
+        if self.base_sha256 is None:
+            raise ValueError("this trainer has no base_sha256: give the sha256 of the base weights file")
+        return save_adapter(
+            path,
+            self.model,
+            self.method,
+            base_sha256=self.base_sha256,
+            data_snapshot_ids=data_snapshot_ids,
+            training=self.config.to_dict(),
+            metrics=metrics,
+        )
