@@ -228,28 +228,54 @@ def interactive_eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+SAM_OR_NATIVE = {
+    "native3d": "full,lora_conv,norm,decoder,linear_probe",
+    "litemedsam": "decoder,encoder_lora,decoder_lora,bitfit,layernorm",
+}
+
+
 @command(
     "peft-compare",
-    help="PEFT methods x labelled cases on the native 3D net, from one base: test Dice per class, trainable "
-    "parameters, adapter bytes, train seconds as JSON (see ml_worker.adaptation.compare)",
+    help="PEFT methods x labelled cases, on the native 3D net or LiteMedSAM, from one base: test Dice per "
+    "class, trainable parameters, adapter bytes, train seconds as JSON (see ml_worker.adaptation.compare)",
     arguments=[
         arg("--images", type=Path, required=True, help="folder of NIfTI images"),
         arg("--labels", type=Path, required=True, help="folder of label maps with the same file names"),
         arg("--shots", default="5,10,20", help="labelled cases per run, e.g. 5,10,20"),
         arg(
+            "--model",
+            default="native3d",
+            choices=sorted(SAM_OR_NATIVE),
+            help="native3d (pre-segmentation Dice) or litemedsam (box-prompted Dice, one box per slice; the "
+            "base is the bundled foundation model, no base training: --roi, --init-filters, --base-* and "
+            "--source-fraction do not apply)",
+        ),
+        arg(
             "--methods",
-            default="full,lora_conv,norm,decoder,linear_probe",
-            help="native3d PEFT methods, comma-separated (default: all five)",
+            default=None,
+            help="PEFT methods, comma-separated (default: all five of the model: "
+            + "; ".join(f"{m}: {v}" for m, v in SAM_OR_NATIVE.items())
+            + ")",
         ),
         arg("--out", type=Path, required=True, help="folder for peft_compare.json, adapters and the base"),
-        arg("--base", type=Path, default=None, help="native3d base (default: train one)"),
+        arg(
+            "--base",
+            type=Path,
+            default=None,
+            help="base weights (default: native3d trains one; litemedsam takes the bundled weights)",
+        ),
         arg("--quick", action="store_true", help="smallest settings: 8 filters, 32^3, 2 steps"),
         arg("--epochs", type=int, default=None, help="adaptation epochs (default 10; quick 1)"),
         arg("--steps", type=int, default=None, help="adaptation steps per epoch (default 20; quick 2)"),
         arg("--base-epochs", type=int, default=None, help="base training epochs (default 40; quick 1)"),
         arg("--base-steps", type=int, default=None, help="base steps per epoch (default 25; quick 2)"),
         arg("--batch-size", type=int, default=None, help="samples per step (default 2; quick 1)"),
-        arg("--lr", type=float, default=1e-3, help="AdamW learning rate of the adaptation (default 1e-3)"),
+        arg(
+            "--lr",
+            type=float,
+            default=None,
+            help="AdamW lr of the adaptation (default 1e-3; litemedsam 1e-4)",
+        ),
         arg("--base-lr", type=float, default=2e-3, help="learning rate of the base training (default 2e-3)"),
         arg("--roi", default=None, help="patch X,Y,Z (default 48,64,48; quick 32,32,32)"),
         arg("--init-filters", type=int, default=None, help="width of a trained base (default 16; quick 8)"),
@@ -263,15 +289,14 @@ def interactive_eval_command(args: argparse.Namespace) -> int:
     ],
 )
 def peft_compare_command(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
     from tqdm import tqdm
 
     from ml_worker.adaptation.compare import CompareConfig, default_model, peft_compare
     from ml_worker.adaptation.peft import AdapterError
     from ml_worker.adaptation.train import TrainCase, TrainConfig
-    from ml_worker.inference.eval import find_cases, label_names
-    from ml_worker.io.volume import load_volume
+    from ml_worker.adaptation.train_cli import _label_set
+    from ml_worker.inference.eval import find_cases
     from ml_worker.models.checkpoints import CheckpointError
     from ml_worker.models.native3d import load_native3d
 
@@ -284,19 +309,18 @@ def peft_compare_command(args: argparse.Namespace) -> int:
 
     try:
         shots = tuple(int(v) for v in args.shots.split(",") if v.strip())
-        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        methods = tuple(
+            m.strip() for m in (args.methods or SAM_OR_NATIVE[args.model]).split(",") if m.strip()
+        )
+        if args.model == "litemedsam":
+            return _sam_compare(args, shots=shots, methods=methods, pick=pick)
         roi = tuple(int(v) for v in pick(args.roi, "48,64,48", "32,32,32").split(","))
         cases = find_cases(args.images, args.labels)
         if args.base is not None:
             model = None
             values = load_native3d(args.base)[1].label_values
         else:
-            names = {v: n for v, n in label_names(args.labels).items() if v > 0}
-            if not names:  # no dataset.json: the values found in the label files
-                found = set()
-                for case in cases:
-                    found |= {int(v) for v in np.unique(load_volume(case.label)[0]) if v > 0}
-                names = {v: f"label{v}" for v in sorted(found)}
+            names = _label_set(args.labels, cases)
             model = default_model(names, roi_size=roi, init_filters=pick(args.init_filters, 16, 8))
             values = model.label_values
         batch = pick(args.batch_size, 2, 1)
@@ -305,7 +329,10 @@ def peft_compare_command(args: argparse.Namespace) -> int:
             methods=methods,
             shots=shots,
             adapt=TrainConfig(
-                epochs=pick(args.epochs, 10, 1), steps_per_epoch=pick(args.steps, 20, 2), lr=args.lr, **common
+                epochs=pick(args.epochs, 10, 1),
+                steps_per_epoch=pick(args.steps, 20, 2),
+                lr=args.lr or 1e-3,
+                **common,
             ),
             base=TrainConfig(
                 epochs=pick(args.base_epochs, 40, 1),
@@ -339,6 +366,53 @@ def peft_compare_command(args: argparse.Namespace) -> int:
             progress_factory=step_bar,
         )
     except (ValueError, AdapterError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "peft_compare.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report["rows"], indent=1))
+    return 0
+
+
+def _sam_compare(args: argparse.Namespace, *, shots: tuple[int, ...], methods: tuple[str, ...], pick) -> int:
+    """peft-compare --model litemedsam (see :func:`ml_worker.adaptation.compare.sam_compare`)."""
+    from tqdm import tqdm
+
+    from ml_worker.adaptation.compare import sam_compare
+    from ml_worker.adaptation.peft import AdapterError
+    from ml_worker.adaptation.train import TrainCase
+    from ml_worker.adaptation.train_cli import _label_set
+    from ml_worker.adaptation.train_sam import SamTrainConfig
+    from ml_worker.inference.eval import find_cases
+    from ml_worker.models.checkpoints import CheckpointError
+
+    try:
+        cases = find_cases(args.images, args.labels)
+        values = tuple(sorted(_label_set(args.labels, cases)))
+        train = SamTrainConfig(
+            steps=pick(args.epochs, 10, 1) * pick(args.steps, 20, 2),
+            batch_size=pick(args.batch_size, 2, 1),
+            lr=args.lr or 1e-4,
+            seed=args.seed,
+        )
+        train_cases = [
+            TrainCase(image=c.image, label=c.label, labelled=values, case_id=c.name) for c in cases
+        ]
+        report = sam_compare(
+            train_cases,
+            methods=methods,
+            shots=shots,
+            train=train,
+            out=args.out,
+            base=args.base,
+            test_fraction=args.test_fraction,
+            test_limit=pick(args.test_limit, 0, 2),
+            device=args.device,
+            on_row=lambda row: tqdm.write(
+                json.dumps({k: row[k] for k in ("method", "shots", "dice_mean", "train_seconds")})
+            ),
+        )
+    except (ValueError, FileNotFoundError, AdapterError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ training seconds; the base itself is the row with method ``"base"`` and 0 shots.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +27,11 @@ import numpy as np
 
 from ml_worker.adaptation.peft import count_trainable, get_method
 from ml_worker.adaptation.train import TrainCase, TrainConfig, Trainer, case_means
-from ml_worker.models.checkpoints import file_sha256
+from ml_worker.adaptation.train_sam import SamTrainConfig, SamTrainer
+from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, file_sha256, load_litemedsam
 from ml_worker.models.native3d import Native3DConfig, load_native3d, save_native3d
 
-__all__ = ["CompareConfig", "default_model", "partition", "peft_compare"]
+__all__ = ["CompareConfig", "default_model", "partition", "peft_compare", "sam_compare"]
 
 
 def _order_key(case_id: str, salt: str) -> bytes:
@@ -232,6 +234,106 @@ def peft_compare(
         },
         "parts": {"test": [c.case_id for c in test], "source": parts["source"], "pool": parts["pool"]},
         "base": base_info,
+        "rows": rows,
+    }
+
+
+def sam_compare(
+    cases: Sequence[TrainCase],
+    *,
+    methods: Sequence[str],
+    shots: Sequence[int],
+    train: SamTrainConfig,
+    out: Path,
+    base: Path | None = None,
+    test_fraction: float = 0.2,
+    test_limit: int = 0,
+    device: str | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    progress_factory: Callable[[str], Callable[[int, int, float], None] | None] | None = None,
+) -> dict[str, Any]:
+    """The same comparison for LiteMedSAM (:mod:`ml_worker.adaptation.train_sam`): every method x shots
+    adapts the base LiteMedSAM weights (the bundled ones, or `base`) on the first `shots` pool cases and
+    is scored by box-prompted Dice (one exact box per slice) on the fixed test part; the base itself is
+    the row ``"base"``. There is no base training: the base is the pretrained foundation model.
+
+    Raises:
+        ValueError: unknown methods, more shots than the pool holds.
+    """
+
+    out = Path(out)
+    for name in methods:
+        get_method("litemedsam", name)  # unknown names fail before any work
+    by_id = {c.case_id: c for c in cases}
+    parts = partition(list(by_id), test_fraction=test_fraction, source_fraction=0.0)
+    too_many = [k for k in shots if k > len(parts["pool"]) or k < 1]
+    if too_many:
+        raise ValueError(
+            f"shots {too_many} do not fit the pool of {len(parts['pool'])} cases (each must be 1..pool)"
+        )
+    test = [by_id[c] for c in parts["test"]][: test_limit or None]
+    progress = progress_factory or (lambda name: None)
+    model = load_litemedsam(path=base) if base is not None else load_litemedsam()
+    base_sha = file_sha256(base) if base is not None else LITEMEDSAM_SHA256
+
+    def trainer(method: str, name: str) -> SamTrainer:
+        return SamTrainer(
+            copy.deepcopy(model),
+            get_method("litemedsam", method),
+            train,
+            device=device,
+            progress=progress(name),
+            base_sha256=base_sha,
+        )
+
+    rows = [
+        _row(
+            "base",
+            0,
+            trainer("decoder", "base").evaluate(test),
+            trainable_params=0,
+            adapter_bytes=0,
+            train_seconds=0.0,
+        )
+    ]
+    if on_row:
+        on_row(rows[-1])
+    for method in methods:
+        for k in shots:
+            run = trainer(method, f"{method}/{k}")
+            chosen = [by_id[c] for c in parts["pool"][:k]]
+            fitted = run.fit(chosen)
+            per_case = run.evaluate(test)
+            path = out / "adapters" / f"litemedsam_{method}_{k}.adapter"
+            run.save_adapter(
+                path,
+                data_snapshot_ids=[c.case_id for c in chosen],
+                metrics={"test_dice": _mean_per_class(per_case)},
+            )
+            rows.append(
+                _row(
+                    method,
+                    k,
+                    per_case,
+                    trainable_params=count_trainable(run.model),
+                    adapter_bytes=path.stat().st_size,
+                    train_seconds=round(fitted["seconds"], 2),
+                )
+            )
+            if on_row:
+                on_row(rows[-1])
+    return {
+        "settings": {
+            "model": "litemedsam",
+            "methods": list(methods),
+            "shots": list(shots),
+            "adapt": train.to_dict(),
+            "test_fraction": test_fraction,
+            "test_cases": len(test),
+            "metric": "box-prompted Dice: one exact box per slice of the truth",
+        },
+        "parts": {"test": [c.case_id for c in test], "pool": parts["pool"]},
+        "base": {"path": str(base) if base is not None else "bundled LiteMedSAM", "sha256": base_sha},
         "rows": rows,
     }
 

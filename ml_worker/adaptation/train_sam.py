@@ -261,18 +261,30 @@ class SamTrainer:
         by_case: dict[str, dict[str, float]] = {}
         for i, case in enumerate(loaded):
             transform = slice_transform(case.volume.shape, axis)
-            for value in case.labelled:
+            predicted = {v: np.zeros(case.label.shape, dtype=bool) for v in case.labelled}
+            picks = self._samples([case])  # (0, slice, value), by value then slice
+            by_slice: dict[int, list[int]] = {}
+            for _, k, value in picks:
+                by_slice.setdefault(k, []).append(value)
+            slices = sorted(by_slice)
+            for start in range(0, len(slices), batch_size):  # each slice is encoded once
+                chunk = slices[start : start + batch_size]
+                images = torch.stack(
+                    [preprocess_slice(volume_slice(case.volume, axis, k))[0] for k in chunk]
+                ).to(self.device)
+                with autocast(self.device):
+                    embeddings = self.model.encode(images)
+                for row, k in enumerate(chunk):
+                    values = by_slice[k]
+                    _, boxes, _, _ = self._batch(loaded, [(i, k, v) for v in values], None)
+                    with autocast(self.device):
+                        logits, _ = self.model.decode(embeddings[row : row + 1], boxes=boxes)
+                    for value, mask_logits in zip(values, logits.float(), strict=True):
+                        set_volume_slice(predicted[value], axis, k, postprocess_mask(mask_logits, transform))
+            for value, mask in predicted.items():
                 truth = case.label == value
-                picks = [(i, k, value) for k in self._slices(case, value)]
-                if not picks:
-                    continue
-                predicted = np.zeros_like(truth)
-                for start in range(0, len(picks), batch_size):
-                    chunk = picks[start : start + batch_size]
-                    images, boxes, _, _ = self._batch(loaded, chunk, None)
-                    for (_, k, _), logits in zip(chunk, self._logits(images, boxes), strict=True):
-                        set_volume_slice(predicted, axis, k, postprocess_mask(logits, transform))
-                by_case.setdefault(case.case_id, {})[str(value)] = dice(predicted, truth)
+                if truth.any():
+                    by_case.setdefault(case.case_id, {})[str(value)] = dice(mask, truth)
         return by_case
 
     def save_adapter(

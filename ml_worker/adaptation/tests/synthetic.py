@@ -30,3 +30,23 @@ def make_case(folder: Path, name: str, *, seed: int, shape=(20, 20, 20), labelle
         nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
         paths.append(path)
     return TrainCase(image=paths[0], label=paths[1], labelled=labelled)
+
+
+def make_thin_case(folder: Path, name: str, *, seed: int) -> TrainCase:
+    """32x32x3 (cheap for the 2D model: one encoder pass per slice): a bright disc of label 1 on slices
+    1 and 2, with a core of label 2 on slice 2 only; the disc's place follows `seed`."""
+    rng = np.random.default_rng(seed)
+    row, col = rng.integers(12, 20, size=2)
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    disc = (rows - row) ** 2 + (cols - col) ** 2
+    label = np.zeros((32, 32, 3), np.uint8)
+    label[..., 1][disc <= 64] = 1
+    label[..., 2][disc <= 64] = 1
+    label[..., 2][disc <= 16] = 2
+    image = (label * 70.0 + rng.normal(0, 5, label.shape)).astype(np.float32)
+    paths = []
+    for sub, data in (("images", image), ("labels", label)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        paths.append(folder / sub / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(paths[-1]))
+    return TrainCase(image=paths[0], label=paths[1], labelled=(1, 2), case_id=name)

@@ -9,9 +9,9 @@ import torch
 
 from ml_worker.adaptation.adapter import load_adapter
 from ml_worker.adaptation.compare import partition
-from ml_worker.adaptation.tests.synthetic import make_case
+from ml_worker.adaptation.tests.synthetic import make_case, make_thin_case
 from ml_worker.cli import main
-from ml_worker.models.checkpoints import file_sha256
+from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, file_sha256, load_litemedsam
 from ml_worker.models.native3d import load_native3d
 
 
@@ -75,3 +75,30 @@ def test_cli_refuses_more_shots_than_the_pool(tmp_path, capsys):
     argv[argv.index("norm")] = "prompt_tuning"
     assert main(argv) == 2
     assert "unknown PEFT method 'prompt_tuning'" in capsys.readouterr().err
+
+
+def test_litemedsam_cli_run_adapts_the_bundled_model_and_scores_box_prompts(tmp_path):
+    data = tmp_path / "data"
+    for i in range(5):
+        make_thin_case(data, f"case{i}", seed=i)
+    out = tmp_path / "out"
+    argv = ["peft-compare", "--model", "litemedsam", "--images", str(data / "images")]
+    argv += ["--labels", str(data / "labels"), "--shots", "1", "--methods", "decoder,layernorm"]
+    argv += ["--out", str(out), "--quick", "--test-limit", "1", "--threads", "1"]
+    assert main(argv) == 0
+
+    report = json.loads((out / "peft_compare.json").read_text())
+    rows = report["rows"]
+    assert [(r["method"], r["shots"]) for r in rows] == [("base", 0), ("decoder", 1), ("layernorm", 1)]
+    assert report["base"]["sha256"] == LITEMEDSAM_SHA256 and report["settings"]["adapt"]["steps"] == 2
+    assert rows[0]["dice_mean"] > 0.5  # bright discs in exact boxes: the foundation model finds them
+    for row in rows[1:]:
+        assert set(row["dice"]) == {"1", "2"} and 0.0 <= row["dice_mean"] <= 1.0
+        path = out / "adapters" / f"litemedsam_{row['method']}_1.adapter"
+        model, meta = load_adapter(path, load_litemedsam(), LITEMEDSAM_SHA256)
+        assert row["trainable_params"] == meta.trainable_parameters > 0
+        assert list(meta.data_snapshot_ids) == report["parts"]["pool"][:1]
+    assert rows[2]["trainable_params"] < rows[1]["trainable_params"]  # LayerNorm affine << the decoder
+
+    argv[argv.index("decoder,layernorm")] = "lora_conv"  # a native3d method
+    assert main(argv) == 2

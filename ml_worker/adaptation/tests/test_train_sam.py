@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import copy
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from ml_worker.adaptation.adapter import load_adapter
 from ml_worker.adaptation.peft import adapter_state, get_method
+from ml_worker.adaptation.tests.synthetic import make_thin_case
 from ml_worker.adaptation.train import TrainCase
 from ml_worker.adaptation.train_sam import SamTrainConfig, SamTrainer
 from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, load_litemedsam
@@ -26,21 +26,7 @@ def base():
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    """32x32x3: label 1 a disc on slices 1 and 2, label 2 a smaller disc inside it on slice 2 only."""
-    folder = tmp_path_factory.mktemp("sam_case")
-    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
-    disc = (rows - 15) ** 2 + (cols - 17) ** 2
-    label = np.zeros((32, 32, 3), np.uint8)
-    label[..., 1][disc <= 64] = 1
-    label[..., 2][disc <= 64] = 1
-    label[..., 2][disc <= 16] = 2
-    rng = np.random.default_rng(0)
-    image = (label * 70.0 + rng.normal(0, 5, label.shape)).astype(np.float32)
-    paths = []
-    for name, data in (("image", image), ("label", label)):
-        paths.append(folder / f"{name}.nii.gz")
-        nib.save(nib.Nifti1Image(data, np.eye(4)), str(paths[-1]))
-    return TrainCase(image=paths[0], label=paths[1], labelled=(1, 2), case_id="disc")
+    return make_thin_case(tmp_path_factory.mktemp("sam_case"), "disc", seed=0)
 
 
 def _trainer(base, method, **config):
