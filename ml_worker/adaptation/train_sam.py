@@ -38,6 +38,8 @@ from ml_worker.adaptation.adapter import AdapterMetadata, save_adapter
 from ml_worker.adaptation.peft import PeftMethod, set_train_mode, trainable_parameters
 from ml_worker.adaptation.train import TrainCase
 from ml_worker.inference.embeddings import (
+    EmbeddingCache,
+    cache_key,
     in_plane_axes,
     normalise_mr,
     set_volume_slice,
@@ -132,6 +134,8 @@ class SamTrainer:
         device: "cpu", "cuda", ... (default: CUDA when available).
         progress: called after each step with ``(step, steps, loss)``.
         base_sha256: sha256 of the base weights file (what :meth:`save_adapter` records).
+        embedding_cache_bytes: bound of the in-memory slice embeddings a frozen encoder's output is kept
+            in during :meth:`fit` (2 MiB a slice).
     """
 
     def __init__(
@@ -143,12 +147,14 @@ class SamTrainer:
         device: str | torch.device | None = None,
         progress: Callable[[int, int, float], None] | None = None,
         base_sha256: str | None = None,
+        embedding_cache_bytes: int = 1 << 30,
     ) -> None:
         self.device = select_device(device) if not isinstance(device, torch.device) else device
         self.config, self.method, self.progress, self.base_sha256 = config, method, progress, base_sha256
         torch.manual_seed(config.seed)  # LoRA's A matrices
         self.model = method.apply(model).to(self.device)
         self.encoder_trains = any(p.requires_grad for p in self.model.image_encoder.parameters())
+        self.embeddings = EmbeddingCache(max_bytes=embedding_cache_bytes)
 
     # ---- data ----------------------------------------------------------------------------------------
 
@@ -203,13 +209,29 @@ class SamTrainer:
             torch.stack(valid).to(dev),
         )
 
-    def _logits(self, images: Tensor, boxes: Tensor) -> Tensor:
+    def _logits(
+        self, cases: list[_Case], picks: Sequence[tuple[int, int, int]], images: Tensor, boxes: Tensor
+    ):
+        """Mask logits of the picked slices. A frozen encoder's output is computed once per slice and kept
+        (float16, as the platform keeps slice embeddings), so later steps on that slice run the decoder
+        only."""
         with autocast(self.device):
             if self.encoder_trains:
                 embeddings = self.model.encode(images)
             else:
-                with torch.no_grad():
-                    embeddings = self.model.encode(images)
+                rows = []
+                for row, (i, k, _) in enumerate(picks):
+                    key = cache_key("sam-train", cases[i].case_id, self.config.axis, k)
+
+                    def encode(row: int = row) -> np.ndarray:
+                        with torch.no_grad():
+                            features = self.model.encode(images[row : row + 1])[0]
+                        return features.float().cpu().numpy().astype(np.float16)
+
+                    rows.append(
+                        torch.from_numpy(self.embeddings.get_or_compute(key, encode).astype(np.float32))
+                    )
+                embeddings = torch.stack(rows).to(self.device)
             logits, _ = self.model.decode(embeddings, boxes=boxes)
         return logits.float()
 
@@ -239,7 +261,7 @@ class SamTrainer:
         for step in range(1, config.steps + 1):
             picks = [samples[i] for i in rng.integers(0, len(samples), size=config.batch_size)]
             images, boxes, targets, valid = self._batch(loaded, picks, rng)
-            loss = _loss(self._logits(images, boxes), targets, valid)
+            loss = _loss(self._logits(loaded, picks, images, boxes), targets, valid)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_norm:

@@ -59,6 +59,15 @@ def test_decoder_adaptation_trains_only_the_decoder_and_is_seeded(base, case):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_frozen_encoder_runs_once_per_slice(base, case):
+    trainer = _trainer(base, "decoder", steps=6)
+    calls = []
+    forward = trainer.model.image_encoder.forward
+    trainer.model.image_encoder.forward = lambda x: calls.append(len(x)) or forward(x)
+    losses = trainer.fit([case])["losses"]
+    assert len(losses) == 6 and sum(calls) == len(calls) <= 2  # slices 1 and 2, one at a time
+
+
 def test_encoder_lora_learns_while_base_weights_and_batchnorm_statistics_stay(base, case):
     trainer = _trainer(base, "encoder_lora", steps=1)
     stats = {n: b.clone() for n, b in trainer.model.named_buffers() if "running" in n}
