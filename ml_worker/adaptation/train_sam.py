@@ -12,7 +12,9 @@ The PEFT method (the ``litemedsam`` ones of :mod:`ml_worker.adaptation.peft`) de
 method that leaves the image encoder frozen (``decoder``) runs it without gradients. Frozen BatchNorm
 layers stay in eval mode (:func:`~ml_worker.adaptation.peft.set_train_mode`), so base + adapter is
 exactly the trained model. Sampling, jitter and the initialisation of added (LoRA) parameters follow
-from ``seed``.
+from ``seed``. With a ``checkpoint_dir`` the run's state (trained tensors, optimizer, schedule, RNGs) is
+saved every ``checkpoint_every`` steps and ``fit(resume=True)`` continues from it. On CUDA the model runs
+under autocast (bf16, or fp16 with a ``GradScaler``).
 
 :meth:`SamTrainer.evaluate` scores what the annotator would get from one exact box per slice: every
 slice with the class in the truth is decoded from the truth's box, the slices are stacked, and Dice is
@@ -22,6 +24,7 @@ taken over the volume, per case and class.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,8 +38,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ml_worker.adaptation.adapter import AdapterMetadata, save_adapter
-from ml_worker.adaptation.peft import PeftMethod, set_train_mode, trainable_parameters
-from ml_worker.adaptation.train import TrainCase
+from ml_worker.adaptation.peft import (
+    PeftMethod,
+    adapter_state,
+    load_adapter_state,
+    set_train_mode,
+    trainable_parameters,
+)
+from ml_worker.adaptation.train import CheckpointMismatchError, TrainCase
 from ml_worker.inference.embeddings import (
     EmbeddingCache,
     cache_key,
@@ -49,7 +58,7 @@ from ml_worker.inference.embeddings import (
 from ml_worker.inference.eval import dice
 from ml_worker.inference.sam3d import mask_box
 from ml_worker.io.volume import load_volume
-from ml_worker.models.checkpoints import autocast, select_device
+from ml_worker.models.checkpoints import autocast, save_atomic, select_device
 from ml_worker.models.litemedsam import (
     IMAGE_SIZE,
     LiteMedSAM,
@@ -59,6 +68,9 @@ from ml_worker.models.litemedsam import (
 )
 
 __all__ = ["SamTrainConfig", "SamTrainer"]
+
+CHECKPOINT_FORMAT = "ml_worker.sam-train-checkpoint/1"
+CHECKPOINT_NAME = "sam_checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,7 @@ class SamTrainConfig:
     axis: the slice axis (the one the interactive model works along).
     jitter: each side of a training box moves by up to this many pixels (outwards or inwards).
     seed: seeds sampling, jitter and added parameters.
+    checkpoint_every: with a ``checkpoint_dir``, the run's state is saved every this many steps.
     """
 
     steps: int = 100
@@ -80,11 +93,12 @@ class SamTrainConfig:
     axis: int = 2
     jitter: int = 3
     seed: int = 0
+    checkpoint_every: int = 50
 
     def __post_init__(self) -> None:
         problems = []
-        if self.steps < 1 or self.batch_size < 1:
-            problems.append("steps and batch_size must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            problems.append("steps, batch_size and checkpoint_every must be >= 1")
         if not self.lr > 0 or self.weight_decay < 0 or self.clip_norm < 0:
             problems.append("lr must be > 0, weight_decay and clip_norm >= 0")
         if self.axis not in (0, 1, 2) or self.jitter < 0:
@@ -134,6 +148,8 @@ class SamTrainer:
         device: "cpu", "cuda", ... (default: CUDA when available).
         progress: called after each step with ``(step, steps, loss)``.
         base_sha256: sha256 of the base weights file (what :meth:`save_adapter` records).
+        checkpoint_dir: where the run's state goes every ``checkpoint_every`` steps (none without it:
+            no resume).
         embedding_cache_bytes: bound of the in-memory slice embeddings a frozen encoder's output is kept
             in during :meth:`fit` (2 MiB a slice).
     """
@@ -147,6 +163,7 @@ class SamTrainer:
         device: str | torch.device | None = None,
         progress: Callable[[int, int, float], None] | None = None,
         base_sha256: str | None = None,
+        checkpoint_dir: Path | None = None,
         embedding_cache_bytes: int = 1 << 30,
     ) -> None:
         self.device = select_device(device) if not isinstance(device, torch.device) else device
@@ -155,6 +172,9 @@ class SamTrainer:
         self.model = method.apply(model).to(self.device)
         self.encoder_trains = any(p.requires_grad for p in self.model.image_encoder.parameters())
         self.embeddings = EmbeddingCache(max_bytes=embedding_cache_bytes)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        fp16 = self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 and the CPU need none
 
     # ---- data ----------------------------------------------------------------------------------------
 
@@ -237,11 +257,16 @@ class SamTrainer:
 
     # ---- training and evaluation ---------------------------------------------------------------------
 
-    def fit(self, cases: Sequence[TrainCase]) -> dict[str, Any]:
+    def fit(self, cases: Sequence[TrainCase], *, resume: bool = False) -> dict[str, Any]:
         """Train on `cases`; returns ``{"losses": per step, "seconds": ..., "samples": ...}``.
+
+        resume: continue from the checkpoint in ``checkpoint_dir`` if there is one (else start). On the
+            CPU a run interrupted after a checkpoint and resumed ends with exactly the weights of an
+            uninterrupted run.
 
         Raises:
             ValueError: no labelled foreground on any slice of `cases`.
+            CheckpointMismatchError: the checkpoint belongs to another run.
         """
         config = self.config
         loaded = self._load(cases)
@@ -255,24 +280,85 @@ class SamTrainer:
             optimizer,
             lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)),
         )
-        set_train_mode(self.model)
+        run = {"optimizer": optimizer, "schedule": schedule, "rng": rng, "cases": [c.case_id for c in cases]}
         losses: list[float] = []
+        path = None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
+        if resume and path is not None and path.is_file():
+            losses = self._load_checkpoint(path, run)
+        set_train_mode(self.model)
         began = time.perf_counter()
-        for step in range(1, config.steps + 1):
+        for step in range(len(losses) + 1, config.steps + 1):
             picks = [samples[i] for i in rng.integers(0, len(samples), size=config.batch_size)]
             images, boxes, targets, valid = self._batch(loaded, picks, rng)
             loss = _loss(self._logits(loaded, picks, images, boxes), targets, valid)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if config.clip_norm:
+                self.scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-            optimizer.step()
+            self.scaler.step(optimizer)
+            self.scaler.update()
             schedule.step()
             losses.append(float(loss.detach()))
+            if path is not None and (step % config.checkpoint_every == 0 or step == config.steps):
+                self._save_checkpoint(path, run, losses)
             if self.progress is not None:
                 self.progress(step, config.steps, losses[-1])
         self.model.eval()
         return {"losses": losses, "seconds": time.perf_counter() - began, "samples": len(samples)}
+
+    def _identity(self, run: dict[str, Any]) -> str:
+        return json.dumps(
+            {
+                "method": self.method.name,
+                "method_params": self.method.params,
+                "config": self.config.to_dict(),
+                "base_sha256": self.base_sha256,
+                "cases": run["cases"],
+            },
+            sort_keys=True,
+        )
+
+    def _save_checkpoint(self, path: Path, run: dict[str, Any], losses: list[float]) -> None:
+        save_atomic(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "run": self._identity(run),
+                "losses": losses,
+                "adapter": adapter_state(self.model),
+                "optimizer": run["optimizer"].state_dict(),
+                "schedule": run["schedule"].state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": json.dumps(run["rng"].bit_generator.state),
+            },
+            path,
+        )
+
+    def _load_checkpoint(self, path: Path, run: dict[str, Any]) -> list[float]:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointMismatchError(
+                f"{path} is not a readable training checkpoint ({type(exc).__name__})"
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointMismatchError(
+                f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}"
+            )
+        if state["run"] != self._identity(run):
+            raise CheckpointMismatchError(
+                f"{path} belongs to another run (method, configuration, base or cases differ); resume with "
+                "the same ones, or start a new checkpoint_dir"
+            )
+        load_adapter_state(self.model, state["adapter"])
+        run["optimizer"].load_state_dict(state["optimizer"])
+        run["schedule"].load_state_dict(state["schedule"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        run["rng"].bit_generator.state = json.loads(state["numpy_rng"])
+        return [float(v) for v in state["losses"]]
 
     @torch.no_grad()
     def evaluate(self, cases: Sequence[TrainCase], *, batch_size: int = 8) -> dict[str, dict[str, float]]:

@@ -13,7 +13,7 @@ import torch
 from ml_worker.adaptation.adapter import load_adapter
 from ml_worker.adaptation.peft import adapter_state, get_method
 from ml_worker.adaptation.tests.synthetic import make_thin_case
-from ml_worker.adaptation.train import TrainCase
+from ml_worker.adaptation.train import CheckpointMismatchError, TrainCase
 from ml_worker.adaptation.train_sam import SamTrainConfig, SamTrainer
 from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, load_litemedsam
 
@@ -29,7 +29,7 @@ def case(tmp_path_factory):
     return make_thin_case(tmp_path_factory.mktemp("sam_case"), "disc", seed=0)
 
 
-def _trainer(base, method, **config):
+def _trainer(base, method, checkpoint_dir=None, **config):
     options = {"steps": 2, "batch_size": 1, "lr": 1e-3} | config
     return SamTrainer(
         copy.deepcopy(base),
@@ -37,6 +37,7 @@ def _trainer(base, method, **config):
         SamTrainConfig(**options),
         device="cpu",
         base_sha256=LITEMEDSAM_SHA256,
+        checkpoint_dir=checkpoint_dir,
     )
 
 
@@ -109,3 +110,28 @@ def test_a_case_without_the_labelled_structures_is_refused(base, case):
         _trainer(base, "decoder").fit([missing])
     with pytest.raises(ValueError, match="invalid SamTrainConfig"):
         SamTrainConfig(steps=0)
+
+
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(base, case, tmp_path):
+    straight = _trainer(base, "encoder_lora", steps=4, checkpoint_every=2)
+    want = straight.fit([case])["losses"]
+
+    class Stop(Exception):
+        pass
+
+    def crash(step, steps, loss):
+        if step == 3:  # after the checkpoint of step 2
+            raise Stop
+
+    first = _trainer(base, "encoder_lora", tmp_path / "ckpt", steps=4, checkpoint_every=2)
+    first.progress = crash
+    with pytest.raises(Stop):
+        first.fit([case])
+    resumed = _trainer(base, "encoder_lora", tmp_path / "ckpt", steps=4, checkpoint_every=2)
+    assert resumed.fit([case], resume=True)["losses"] == want
+    a, b = adapter_state(straight.model), adapter_state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    other = _trainer(base, "bitfit", tmp_path / "ckpt", steps=4, checkpoint_every=2)
+    with pytest.raises(CheckpointMismatchError, match="belongs to another run"):
+        other.fit([case], resume=True)
