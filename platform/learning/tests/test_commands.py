@@ -69,3 +69,38 @@ def test_a_policy_with_an_unknown_method_or_strategy_is_refused(project):
     with pytest.raises(ValidationError) as refused:
         policy.full_clean()
     assert set(refused.value.message_dict) == {"method", "strategy", "alpha"}
+
+
+def test_admins_set_the_pretrained_file_in_the_django_admin_and_a_bad_policy_is_refused(
+    project, users, client
+):
+    from learning.services import policy_get
+
+    policy = policy_get(project)
+    client.force_login(users["admin"])
+    url = f"/admin/learning/learningpolicy/{policy.id}/change/"
+    page = client.get(url).content.decode()
+    assert 'name="pretrained"' in page and "Volume Fusion pretraining file" in page
+    form = {
+        "project": project.id,
+        "adapt_every": 5,
+        "method": "lora_conv",
+        "strategy": "hybrid",
+        "margin": 0.01,
+        "alpha": 0.05,
+        "first_floor": 0.5,
+        "base_checkpoint": "",
+        "pretrained": "/srv/models/site_vf.pt",
+        "network": json.dumps(policy.network),
+        "lr": 0.002,
+        "epochs": 4,
+        "steps_per_epoch": 25,
+    }
+    assert client.post(url, form).status_code == 302
+    policy.refresh_from_db()
+    assert policy.pretrained == "/srv/models/site_vf.pt"
+
+    refused = client.post(url, form | {"method": "nonsense", "pretrained": ""})
+    assert refused.status_code == 200 and "nonsense" in refused.content.decode()
+    policy.refresh_from_db()
+    assert (policy.method, policy.pretrained) == ("lora_conv", "/srv/models/site_vf.pt")
