@@ -231,7 +231,7 @@ class SamTrainer:
 
     def _logits(
         self, cases: list[_Case], picks: Sequence[tuple[int, int, int]], images: Tensor, boxes: Tensor
-    ):
+    ) -> Tensor:
         """Mask logits of the picked slices. A frozen encoder's output is computed once per slice and kept
         (float16, as the platform keeps slice embeddings), so later steps on that slice run the decoder
         only."""
