@@ -378,9 +378,12 @@ def approved_versions(project: Project) -> dict[int, MaskVersion]:
 
 
 def _approved_at_last_round(project: Project) -> int:
-    """Approved masks counted when the last round was asked for (cancelled rounds do not count)."""
+    """Approved masks counted when the last round was asked for. Cancelled rounds do not count, nor do
+    failed rounds a person started (a bad checkpoint should not hold back the automatic round); a
+    failed automatic round does, so the tick does not start the same failing round every minute."""
     jobs = Job.objects.filter(project=project, kind=Job.Kind.ADAPT).exclude(state=Job.State.CANCELLED)
-    return max((int(j.params.get("approved", 0)) for j in jobs), default=0)
+    counted = (j for j in jobs if j.state != Job.State.FAILED or j.params.get("trigger") == "auto")
+    return max((int(j.params.get("approved", 0)) for j in counted), default=0)
 
 
 def _check_method(name: str) -> str:

@@ -347,6 +347,32 @@ def test_the_tick_starts_a_round_after_n_approvals_and_scores_new_cases(
     }
     with django_capture_on_commit_callbacks(execute=False):
         assert learning_tick()["adapt"] == []  # no new approvals since that round
+    Job.objects.filter(pk=job.pk).update(state=Job.State.FAILED, error="boom")
+    with django_capture_on_commit_callbacks(execute=False):
+        assert learning_tick()["adapt"] == []  # a failed automatic round is not started again every tick
+
+
+def test_a_failed_round_an_admin_started_does_not_hold_back_the_automatic_one(
+    hippo_project, django_capture_on_commit_callbacks
+):
+    hp = hippo_project(train=6, validation=0, pool=0)
+    small_policy(hp.project, adapt_every=3)
+    for case in hp.cases["train"][:3]:
+        hp.approve(case)
+    with django_capture_on_commit_callbacks(execute=False):
+        (auto,) = learning_tick()["adapt"]
+    Job.objects.filter(pk=auto).update(state=Job.State.SUCCEEDED)
+    for case in hp.cases["train"][3:5]:
+        hp.approve(case)
+    with django_capture_on_commit_callbacks(execute=False):
+        manual, _ = adaptation_start(project=hp.project, user=hp.users["admin"], base_checkpoint="/nope.pt")
+    assert manual.params["approved"] == 5
+    Job.objects.filter(pk=manual.pk).update(state=Job.State.FAILED, error="bad checkpoint")
+    hp.approve(hp.cases["train"][5])
+    with django_capture_on_commit_callbacks(execute=False):
+        out = learning_tick()  # 6 approved, 3 at the last round that counts
+    (started,) = Job.objects.filter(pk__in=out["adapt"])
+    assert started.params["trigger"] == "auto" and started.params["approved"] == 6
 
 
 def test_pool_scoring_never_writes_over_human_work(hippo_project):
