@@ -146,6 +146,22 @@ def project_volumes_add(*, project: Project, volumes: Iterable[Volume], user: Us
     return len(new)
 
 
+@transaction.atomic
+def project_intake_rule_set(*, project: Project, series_description: str, user: User | None) -> int:
+    """Change which new volumes join the project by themselves (series description contains
+    `series_description`, any case, and the modality is the project's; empty: none). The ready volumes
+    that match join at once; returns how many did. Cases already in the project stay."""
+    rule = series_description.strip()
+    limit = Project._meta.get_field("intake_series_description").max_length
+    if len(rule) > limit:
+        raise ApplicationError(f"The intake rule is at most {limit} characters long, got {len(rule)}.")
+    before = project.intake_series_description
+    project.intake_series_description = rule
+    project.save(update_fields=["intake_series_description"])
+    audit_event(actor=user, action="project.intake", obj=project, before=before, after=rule)
+    return project_intake(project=project)
+
+
 def project_intake(*, project: Project) -> int:
     """Add the ready volumes that match the project's intake rule (series description and modality) and
     are not in it yet; returns how many were added. A project without a rule takes nothing."""

@@ -10,6 +10,7 @@ urlpatterns = [
     path("curve.png", views.curve_png, name="learning-curve"),
     path("effort.png", views.effort_png, name="learning-effort"),
     path("retrain/", views.adaptation_start, name="learning-retrain"),
+    path("intake/", views.intake_rule_set, name="learning-intake"),
     path("versions/<int:version_id>/promote/", views.version_promote, name="learning-version-promote"),
     path("versions/<int:version_id>/rollback/", views.version_rollback, name="learning-version-rollback"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="learning-job-cancel"),

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotation.models import Project
 from annotation.selectors import project_get
+from annotation.services import project_intake_rule_set
 from common.exceptions import ApplicationError
 from common.views import permission_required
 from learning import plots, selectors, services
@@ -117,6 +118,24 @@ def adaptation_start(request, project_id: int):
         return f"An adaptation round is {job.state} already (job {job.id}, {method}): your request joined it."
 
     return _act(request, project, start)
+
+
+@permission_required(PERMISSION)
+@require_POST
+def intake_rule_set(request, project_id: int):
+    project = _project(project_id)
+
+    def change() -> str:
+        rule = request.POST.get("series_description", "")
+        added = project_intake_rule_set(project=project, series_description=rule, user=request.user)
+        if not project.intake_series_description:
+            return "No intake rule: new volumes join the project only when added by hand."
+        return (
+            f"New volumes whose series description contains '{project.intake_series_description}' join the "
+            f"project; {added} ready volume{'' if added == 1 else 's'} joined now."
+        )
+
+    return _act(request, project, change)
 
 
 @permission_required(PERMISSION)

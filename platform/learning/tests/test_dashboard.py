@@ -28,6 +28,7 @@ from annotator.celery import app
 from learning import selectors
 from learning.models import Job, ModelVersion
 from learning.tests.conftest import model_version
+from studies.models import Series
 
 pytestmark = pytest.mark.django_db
 
@@ -83,6 +84,7 @@ def test_the_dashboard_needs_the_permission(users, project, registry):
     gets = [base, base + "curve.png", base + "effort.png"]
     posts = [
         base + "retrain/",
+        base + "intake/",
         base + f"versions/{registry[3].id}/promote/",
         base + f"versions/{registry[1].id}/rollback/",
         base + f"jobs/{job.id}/cancel/",
@@ -171,6 +173,26 @@ def test_cancel_a_queued_job(users, project):
         client_for(users["admin"]).post(f"/projects/{other.id}/learning/jobs/{job.id}/cancel/").status_code
         == 404
     )
+
+
+def test_an_admin_sets_the_intake_rule_on_the_dashboard(users, project, make_volume):
+    volume = make_volume(modality=project.modality or "MR")
+    Series.objects.filter(pk=volume.series_id).update(description="Hippo T1 3D")
+    admin = client_for(users["admin"])
+    url = f"/projects/{project.id}/learning/intake/"
+    response = admin.post(url, {"series_description": "hippo t1"}, follow=True)
+    assert messages_of(response) == [
+        "New volumes whose series description contains 'hippo t1' join the project; "
+        "1 ready volume joined now."
+    ]
+    assert 'value="hippo t1"' in response.content.decode()
+    assert project.cases.filter(volume=volume).exists()
+    refused = admin.post(url, {"series_description": "x" * 200}, follow=True)
+    assert messages_of(refused) == ["The intake rule is at most 128 characters long, got 200."]
+    cleared = admin.post(url, {"series_description": " "}, follow=True)
+    assert messages_of(cleared) == ["No intake rule: new volumes join the project only when added by hand."]
+    project.refresh_from_db()
+    assert project.intake_series_description == "" and project.cases.filter(volume=volume).exists()
 
 
 def test_retrain_now_queues_a_round_or_joins_the_one_queued(

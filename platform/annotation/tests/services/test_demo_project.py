@@ -2,8 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from annotation.models import Project
-from annotation.services import DEMO_PROJECT, DEMO_SERIES, demo_project_ensure, project_intake
+from annotation.models import AuditEvent, Project
+from annotation.services import (
+    DEMO_PROJECT,
+    DEMO_SERIES,
+    demo_project_ensure,
+    project_intake,
+    project_intake_rule_set,
+)
+from common.exceptions import ApplicationError
 from studies.models import Series
 
 pytestmark = pytest.mark.django_db
@@ -39,6 +46,32 @@ def test_a_new_matching_volume_joins_the_project_once_it_is_ready(make_volume):
     assert project_intake(project=project) == 1
     assert project_intake(project=project) == 0
     assert project.cases.get().volume == arriving
+
+
+def test_an_admin_changes_the_intake_rule_and_the_matching_ready_volumes_join_at_once(make_volume, users):
+    project, _ = demo_project_ensure()
+    taken = make_volume()
+    describe(taken, DEMO_SERIES)
+    assert project_intake(project=project) == 1
+    flair = make_volume()
+    describe(flair, "Brain FLAIR 3D")
+    describe(make_volume(), "brain flair", status=Series.Status.INGESTING)  # joins once it is ready
+
+    assert project_intake_rule_set(project=project, series_description="  FLAIR ", user=users["admin"]) == 1
+    project.refresh_from_db()
+    assert project.intake_series_description == "FLAIR"
+    assert set(project.cases.values_list("volume_id", flat=True)) == {taken.id, flair.id}  # nothing dropped
+    event = AuditEvent.objects.get(action="project.intake")
+    assert (event.actor, event.details) == (users["admin"], {"before": DEMO_SERIES, "after": "FLAIR"})
+
+    with pytest.raises(ApplicationError, match="at most 128 characters"):
+        project_intake_rule_set(project=project, series_description="x" * 129, user=users["admin"])
+    project.refresh_from_db()
+    assert project.intake_series_description == "FLAIR"  # the refused rule changed nothing
+
+    assert project_intake_rule_set(project=project, series_description="", user=users["admin"]) == 0
+    Series.objects.filter(description="brain flair").update(status=Series.Status.READY)
+    assert project_intake(project=project) == 0  # no rule: volumes are added by hand
 
 
 def test_embeddings_are_not_computed_for_a_volume_whose_cases_are_all_done(make_volume, monkeypatch):
