@@ -290,7 +290,6 @@ SAM_OR_NATIVE = {
 )
 def peft_compare_command(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from ml_worker.adaptation.compare import CompareConfig, default_model, peft_compare
     from ml_worker.adaptation.peft import AdapterError
@@ -352,9 +351,6 @@ def peft_compare_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    def on_row(row: dict[str, Any]) -> None:
-        tqdm.write(json.dumps({k: row[k] for k in ("method", "shots", "dice_mean", "train_seconds")}))
-
     try:
         report = peft_compare(
             train_cases,
@@ -362,21 +358,30 @@ def peft_compare_command(args: argparse.Namespace) -> int:
             out=args.out,
             base=args.base,
             device=args.device,
-            on_row=on_row,
+            on_row=_compare_row_shown,
             progress_factory=step_bar,
         )
     except (ValueError, AdapterError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peft_compare.json").write_text(json.dumps(report, indent=1) + "\n")
+    return _compare_written(args.out, report)
+
+
+def _compare_row_shown(row: dict[str, Any]) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(json.dumps({k: row[k] for k in ("method", "shots", "dice_mean", "train_seconds")}))
+
+
+def _compare_written(out: Path, report: dict[str, Any]) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peft_compare.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["rows"], indent=1))
     return 0
 
 
 def _sam_compare(args: argparse.Namespace, *, shots: tuple[int, ...], methods: tuple[str, ...], pick) -> int:
     """peft-compare --model litemedsam (see :func:`ml_worker.adaptation.compare.sam_compare`)."""
-    from tqdm import tqdm
 
     from ml_worker.adaptation.compare import sam_compare
     from ml_worker.adaptation.peft import AdapterError
@@ -408,14 +413,9 @@ def _sam_compare(args: argparse.Namespace, *, shots: tuple[int, ...], methods: t
             test_fraction=args.test_fraction,
             test_limit=pick(args.test_limit, 0, 2),
             device=args.device,
-            on_row=lambda row: tqdm.write(
-                json.dumps({k: row[k] for k in ("method", "shots", "dice_mean", "train_seconds")})
-            ),
+            on_row=_compare_row_shown,
         )
     except (ValueError, FileNotFoundError, AdapterError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peft_compare.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report["rows"], indent=1))
-    return 0
+    return _compare_written(args.out, report)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,33 @@ def _row(method: str, shots: int, per_case: dict[str, dict[str, float]], **extra
         "dice_mean": float(np.mean(list(case_means(per_case).values()))),
         **extra,
     }
+
+
+def _adapted_row(
+    trainer: Trainer | SamTrainer,
+    method: str,
+    shots: int,
+    chosen: Sequence[TrainCase],
+    test: Sequence[TrainCase],
+    path: Path,
+) -> dict[str, Any]:
+    """Adapt on `chosen`, score on `test`, write the adapter to `path`: one row of the table."""
+    began = time.perf_counter()
+    trainer.fit(chosen)
+    seconds = time.perf_counter() - began
+    per_case = trainer.evaluate(test)
+    trainer.save_adapter(
+        path, data_snapshot_ids=[c.case_id for c in chosen], metrics={"test_dice": _mean_per_class(per_case)}
+    )
+    module = trainer.network if isinstance(trainer, Trainer) else trainer.model
+    return _row(
+        method,
+        shots,
+        per_case,
+        trainable_params=count_trainable(module),
+        adapter_bytes=path.stat().st_size,
+        train_seconds=round(seconds, 2),
+    )
 
 
 def peft_compare(
@@ -200,24 +228,8 @@ def peft_compare(
                 progress=progress(f"{method.name}/{shots}"),
             )
             chosen = [by_id[c] for c in parts["pool"][:shots]]
-            fitted = trainer.fit(chosen)
-            per_case = trainer.evaluate(test)
             path = out / "adapters" / f"{method.name}_{shots}.adapter"
-            trainer.save_adapter(
-                path,
-                data_snapshot_ids=[c.case_id for c in chosen],
-                metrics={"test_dice": _mean_per_class(per_case)},
-            )
-            rows.append(
-                _row(
-                    method.name,
-                    shots,
-                    per_case,
-                    trainable_params=count_trainable(trainer.network),
-                    adapter_bytes=path.stat().st_size,
-                    train_seconds=round(fitted.seconds, 2),
-                )
-            )
+            rows.append(_adapted_row(trainer, method.name, shots, chosen, test, path))
             if on_row:
                 on_row(rows[-1])
 
@@ -300,26 +312,9 @@ def sam_compare(
         on_row(rows[-1])
     for method in methods:
         for k in shots:
-            run = trainer(method, f"{method}/{k}")
             chosen = [by_id[c] for c in parts["pool"][:k]]
-            fitted = run.fit(chosen)
-            per_case = run.evaluate(test)
             path = out / "adapters" / f"litemedsam_{method}_{k}.adapter"
-            run.save_adapter(
-                path,
-                data_snapshot_ids=[c.case_id for c in chosen],
-                metrics={"test_dice": _mean_per_class(per_case)},
-            )
-            rows.append(
-                _row(
-                    method,
-                    k,
-                    per_case,
-                    trainable_params=count_trainable(run.model),
-                    adapter_bytes=path.stat().st_size,
-                    train_seconds=round(fitted["seconds"], 2),
-                )
-            )
+            rows.append(_adapted_row(trainer(method, f"{method}/{k}"), method, k, chosen, test, path))
             if on_row:
                 on_row(rows[-1])
     return {

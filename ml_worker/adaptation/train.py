@@ -82,6 +82,7 @@ __all__ = [
     "Trainer",
     "case_means",
     "evaluate_task",
+    "read_training_checkpoint",
     "simulate_prompts",
 ]
 
@@ -96,6 +97,23 @@ and ``lr``, and after an epoch's validation also ``validation_dice``."""
 
 class CheckpointMismatchError(ValueError):
     """A training checkpoint that belongs to another run (method, configuration, cases or base)."""
+
+
+def read_training_checkpoint(path: Path, fmt: str) -> dict[str, Any]:
+    """The state a trainer saved at `path` (tensors only: ``weights_only``).
+
+    Raises:
+        CheckpointMismatchError: the file is unreadable or not a training checkpoint of format `fmt`.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointMismatchError(
+            f"{path} is not a readable training checkpoint ({type(exc).__name__})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise CheckpointMismatchError(f"{path} is not a training checkpoint of format {fmt}")
+    return state
 
 
 @dataclass(frozen=True)
@@ -632,16 +650,7 @@ class Trainer:
 
     def _load_checkpoint(self, cases: Sequence[TrainCase]) -> tuple[int, list[dict[str, Any]]]:
         path = self.checkpoint_dir / CHECKPOINT_NAME
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointMismatchError(
-                f"{path} is not a readable training checkpoint ({type(exc).__name__})"
-            ) from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatchError(
-                f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}"
-            )
+        state = read_training_checkpoint(path, CHECKPOINT_FORMAT)
         stored, current = (
             json.loads(state["run"]),
             json.loads(json.dumps(self._run_identity(cases), sort_keys=True)),

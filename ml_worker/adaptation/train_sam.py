@@ -45,7 +45,7 @@ from ml_worker.adaptation.peft import (
     set_train_mode,
     trainable_parameters,
 )
-from ml_worker.adaptation.train import CheckpointMismatchError, TrainCase
+from ml_worker.adaptation.train import CheckpointMismatchError, TrainCase, read_training_checkpoint
 from ml_worker.inference.embeddings import (
     EmbeddingCache,
     cache_key,
@@ -336,16 +336,7 @@ class SamTrainer:
         )
 
     def _load_checkpoint(self, path: Path, run: dict[str, Any]) -> list[float]:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointMismatchError(
-                f"{path} is not a readable training checkpoint ({type(exc).__name__})"
-            ) from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatchError(
-                f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}"
-            )
+        state = read_training_checkpoint(path, CHECKPOINT_FORMAT)
         if state["run"] != self._identity(run):
             raise CheckpointMismatchError(
                 f"{path} belongs to another run (method, configuration, base or cases differ); resume with "
