@@ -12,10 +12,12 @@ from ml_worker.adaptation.adapter import load_adapter
 from ml_worker.adaptation.peft import adapter_state, get_method
 from ml_worker.adaptation.tests.synthetic import make_case
 from ml_worker.adaptation.train import (
+    CHECKPOINT_FORMAT,
     CheckpointMismatchError,
     TrainConfig,
     Trainer,
     case_means,
+    read_training_checkpoint,
     simulate_prompts,
 )
 from ml_worker.models.checkpoints import file_sha256
@@ -212,3 +214,18 @@ def test_train_config_is_checked():
         TrainConfig(schedule="step")
     with pytest.raises(ValueError, match="flip_axes"):
         TrainConfig(flip_axes=(3,))
+
+
+def test_a_file_that_is_not_a_training_checkpoint_is_refused_with_what_it_is(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatchError, match="garbage.pt is not a readable training checkpoint"):
+        read_training_checkpoint(garbage, CHECKPOINT_FORMAT)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "ml_worker.sam-train-checkpoint/1", "epoch": 1}, other)
+    with pytest.raises(
+        CheckpointMismatchError, match=f"not a training checkpoint of format {CHECKPOINT_FORMAT}"
+    ):
+        read_training_checkpoint(other, CHECKPOINT_FORMAT)
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 3}, other)
+    assert read_training_checkpoint(other, CHECKPOINT_FORMAT)["epoch"] == 3
