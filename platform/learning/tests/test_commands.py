@@ -8,6 +8,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import Client
 
 from learning.models import Job, ModelVersion
 
@@ -28,9 +29,19 @@ def test_retrain_queues_a_round_and_joins_the_queued_one(project, users):
     first = run("retrain", "--project", project.name, "--method", "norm", "--as", "admin")
     assert (first["created"], first["state"]) == (True, "queued")
     job = Job.objects.get(pk=first["job"])
-    assert (job.params["method"], job.created_by) == ("norm", users["admin"])
+    assert (job.params["method"], job.params["trigger"], job.created_by) == (
+        "norm",
+        "command",
+        users["admin"],
+    )
     again = run("retrain", "--project", str(project.id))
     assert (again["job"], again["created"]) == (job.id, False)
+    Job.objects.filter(pk=job.pk).update(state=Job.State.CANCELLED)
+    anonymous = Job.objects.get(pk=run("retrain", "--project", project.name)["job"])
+    assert anonymous.created_by is None
+    page = Client()
+    page.force_login(users["admin"])
+    assert "manage.py retrain" in page.get(f"/projects/{project.id}/learning/").content.decode()
 
 
 def test_retrain_refuses_unknown_projects_methods_and_accounts(project):

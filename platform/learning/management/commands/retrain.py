@@ -28,6 +28,7 @@ class Command(BaseCommand):
                 user=user_get(options["username"]),
                 method=options["method"],
                 base_checkpoint=options["base_checkpoint"],
+                trigger="command",
             )
         except ApplicationError as exc:
             raise CommandError(exc.message) from None
