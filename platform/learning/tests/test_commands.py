@@ -11,6 +11,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from learning.models import Job, ModelVersion
+from learning.services import policy_get
 
 pytestmark = pytest.mark.django_db
 
@@ -72,8 +73,6 @@ def test_promote_and_rollback_follow_the_gate_and_the_registry(project, registry
 def test_a_policy_with_an_unknown_method_or_strategy_is_refused(project):
     from django.core.exceptions import ValidationError
 
-    from learning.services import policy_get
-
     policy = policy_get(project)
     policy.full_clean()
     policy.method, policy.strategy, policy.alpha = "nonsense", "guesswork", 2.0
@@ -85,8 +84,6 @@ def test_a_policy_with_an_unknown_method_or_strategy_is_refused(project):
 def test_admins_set_the_pretrained_file_in_the_django_admin_and_a_bad_policy_is_refused(
     project, users, client
 ):
-    from learning.services import policy_get
-
     policy = policy_get(project)
     client.force_login(users["admin"])
     url = f"/admin/learning/learningpolicy/{policy.id}/change/"
