@@ -394,7 +394,7 @@ def test_annotate_review_and_export_in_the_browser(
     wait_metrics(page, "m.saves.length >= 1 && !document.body.classList.contains('dirty')", SAVE_MS)
     versions = list(MaskVersion.objects.filter(case=case).order_by("number"))
     head = versions[-1]
-    assert head.number == page.evaluate("() => window.annotator.metrics.saves.at(-1).version")
+    assert head.display_number == page.evaluate("() => window.annotator.metrics.saves.at(-1).version")
     np.testing.assert_array_equal(mask_read(head.path), painted)
     assert head.author.username == people[Role.ANNOTATOR]
     # effort since the last version, summed over versions (an autosave may have split it)
@@ -405,7 +405,7 @@ def test_annotate_review_and_export_in_the_browser(
     page.reload()
     wait_ready(page)
     np.testing.assert_array_equal(native_mask(page, shape), mask_read(head.path))
-    assert f"Version {head.number}" in page.inner_text("#version-info")
+    assert f"Version {head.display_number}" in page.inner_text("#version-info")
     point(page, ijk, axial.tile)
     reloaded = canvas_pixels(page)
     assert reloaded["red"] > 0 and reloaded["green"] > 0, f"the reloaded mask is not drawn: {reloaded}"

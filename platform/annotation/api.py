@@ -145,7 +145,7 @@ class CaseSerializer(serializers.Serializer):
 
 class VersionSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    number = serializers.IntegerField()
+    number = serializers.IntegerField(source="display_number", help_text="1 for a case's first version")
     parent = serializers.IntegerField(source="parent_id")
     author = serializers.CharField(source="author.username", default=None)
     source = serializers.CharField()
@@ -519,7 +519,7 @@ class VersionMaskApi(Api):
         return _file(
             media_path(version.path),
             etag=version.sha256,
-            filename=f"case-{version.case_id}-v{version.number}.nii.gz",
+            filename=f"case-{version.case_id}-v{version.display_number}.nii.gz",
             cache_control="private, max-age=31536000, immutable",
             request=request,
         )

@@ -31,11 +31,11 @@ class StaleVersionError(ApplicationError):
     http_status = 409
 
     def __init__(self, head: MaskVersion | None) -> None:
-        current = "there is no version yet" if head is None else f"the head is version {head.number}"
+        current = "there is no version yet" if head is None else f"the head is version {head.display_number}"
         super().__init__(
             f"This case changed since you loaded it ({current}): reload it, or re-apply your edits on "
             "the head and save again.",
-            extra={"head": None if head is None else {"id": head.id, "number": head.number}},
+            extra={"head": None if head is None else {"id": head.id, "number": head.display_number}},
         )
         self.head = head
 

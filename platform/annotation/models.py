@@ -122,7 +122,8 @@ class CaseLock(models.Model):
 
 class MaskVersion(models.Model):
     """One immutable state of a case's label map. Versions form a chain: each has the previous head as
-    its parent (the DB refuses two children of one parent). Version 0 is the pre-segmentation.
+    its parent (the DB refuses two children of one parent). The first version (stored number 0, shown
+    as 1: ``display_number``) is often the pre-segmentation.
 
     The file is a gzipped NIfTI-1 uint8 label map on the volume's grid, named by the SHA-256 of its
     uncompressed bytes under MEDIA_ROOT/masks/. Effort fields count the work since the parent.
@@ -156,7 +157,14 @@ class MaskVersion(models.Model):
         constraints = [models.UniqueConstraint(fields=["case", "number"], name="version_number_unique")]
 
     def __str__(self) -> str:
-        return f"{self.case} v{self.number}"
+        return f"{self.case} v{self.display_number}"
+
+    @property
+    def display_number(self) -> int:
+        """The number people see (pages, API, exports): 1 for the first version, as people count. The
+        stored ``number`` starts at 0 and stays so (the chain, its unique constraint and stale-version
+        checks use ids and stored numbers; nothing stored is renumbered)."""
+        return self.number + 1
 
 
 class Review(models.Model):

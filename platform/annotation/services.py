@@ -533,7 +533,7 @@ def review_seg_export(*, review_id: int) -> Review:
             volume=case.volume,
             mask=mask,
             segments=segments,
-            series_description=f"{case.project.name} v{version.number}"[:64],
+            series_description=f"{case.project.name} v{version.display_number}"[:64],
         )
     except TransientError as exc:
         Review.objects.filter(pk=review.pk).update(export_error=f"{exc.message} (will retry)")

@@ -90,7 +90,7 @@ def case_page(request, case_id: int):
         },
         "imageUrl": reverse("api-case-image", args=[case.id]),
         "maskUrl": reverse("api-version-mask", args=[head.id]) if head else None,
-        "head": {"id": head.id, "number": head.number} if head else None,
+        "head": {"id": head.id, "number": head.display_number} if head else None,
         "labels": labels,
         "lock": {"holder": lock[0], "expires_at": lock[1]} if lock else None,
         "canAnnotate": request.user.has_perm("annotation.annotate_case"),

@@ -144,7 +144,9 @@ def test_the_case_flow(as_user, project, case, monkeypatch, django_capture_on_co
     v0 = v0.json()
     delta = {"parent": v0["id"], "delta": [[0, 2, 2]], "effort": {"clicks": 2, "model_calls": 1}}
     v1 = post(annotator, f"/api/cases/{case.id}/versions/create/", delta).json()
-    assert (v1["number"], v1["parent"], v1["source"], v1["author"]) == (1, v0["id"], "edited", "annotator")
+    # numbered from 1, as people count
+    assert (v0["number"], v1["number"]) == (1, 2)
+    assert (v1["parent"], v1["source"], v1["author"]) == (v0["id"], "edited", "annotator")
 
     mask = annotator.get(f"/api/versions/{v1['id']}/mask/")
     assert mask["Cache-Control"] == "private, max-age=31536000, immutable"
@@ -153,7 +155,7 @@ def test_the_case_flow(as_user, project, case, monkeypatch, django_capture_on_co
     expected[0, 0, 0] = expected[1, 0, 0] = 2
     np.testing.assert_array_equal(array, expected)
     versions = annotator.get(f"/api/cases/{case.id}/versions/").json()
-    assert [v["number"] for v in versions] == [0, 1]
+    assert [v["number"] for v in versions] == [1, 2]
 
     submitted = post(annotator, f"/api/cases/{case.id}/submit/", {"version": v1["id"]})
     assert submitted.status_code == 200 and submitted.json()["status"] == "submitted"
@@ -182,7 +184,7 @@ def test_a_stale_parent_gets_409_with_the_head(as_user, case, users):
     v1 = post(client, f"/api/cases/{case.id}/versions/create/", version_body(v0["id"])).json()
     stale = post(client, f"/api/cases/{case.id}/versions/create/", version_body(v0["id"], labelmap(2)))
     assert stale.status_code == 409
-    assert stale.json()["extra"] == {"head": {"id": v1["id"], "number": 1}}
+    assert stale.json()["extra"] == {"head": {"id": v1["id"], "number": 2}}
     assert "reload" in stale.json()["message"]
     assert MaskVersion.objects.filter(case=case).count() == 2
 

@@ -80,10 +80,12 @@ def test_a_stale_parent_is_refused_with_the_head_and_nothing_is_stored(case, use
     files = stored_files(settings)
     with pytest.raises(StaleVersionError) as stale:
         save(case, users["annotator"], v0, labelmap(1) + 1)
-    assert stale.value.head == v1 and stale.value.extra == {"head": {"id": v1.id, "number": 1}}
+    # people count versions from 1: the head (stored number 1) is version 2 in the message and extra
+    assert stale.value.head == v1 and stale.value.extra == {"head": {"id": v1.id, "number": 2}}
+    assert "the head is version 2" in stale.value.message
     with pytest.raises(StaleVersionError):
         save(case, users["annotator"], None)  # "first save" on a case that has versions
-    assert list(case.versions.values_list("number", flat=True)) == [0, 1]
+    assert list(case.versions.values_list("number", flat=True)) == [0, 1]  # stored numbers unchanged
     assert stored_files(settings) == files
 
 

@@ -61,7 +61,7 @@ def test_case_page_points_at_the_head_version_and_the_lock(users, case):
     first = save(case, users["annotator"], None)
     head = save(case, users["annotator"], first)
     data = page_data(client_for(users["reviewer"]).get(f"/cases/{case.id}/").content.decode())
-    assert data["head"] == {"id": head.id, "number": 1}
+    assert data["head"] == {"id": head.id, "number": 2}  # the second version, as people count
     assert data["maskUrl"] == f"/api/versions/{head.id}/mask/"
     assert data["lock"]["holder"] == "annotator"
     assert data["canAnnotate"] is False and data["canReview"] is True
