@@ -124,6 +124,13 @@ class VolumeSerializer(serializers.Serializer):
     study_date = serializers.DateField(source="series.study.study_date")
 
 
+class RejectionSerializer(serializers.Serializer):
+    comment = serializers.CharField()
+    reviewer = serializers.CharField()
+    at = serializers.DateTimeField()
+    version_number = serializers.IntegerField()
+
+
 class CaseSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     project = serializers.IntegerField(source="project_id")
@@ -135,12 +142,17 @@ class CaseSerializer(serializers.Serializer):
     score_version = serializers.CharField()
     assignee = serializers.CharField(source="assignee.username", default=None)
     lock = serializers.SerializerMethodField()
+    rejection = serializers.SerializerMethodField(help_text="The reviewer's open rejection, else null")
     volume = VolumeSerializer()
     updated_at = serializers.DateTimeField()
 
     def get_lock(self, case: Case) -> dict | None:
         held = selectors.active_lock_holder(case)
         return None if held is None else {"holder": held[0], "expires_at": held[1]}
+
+    def get_rejection(self, case: Case) -> dict | None:
+        rejection = selectors.case_rejection(case)
+        return None if rejection is None else RejectionSerializer(rejection).data
 
 
 class VersionSerializer(serializers.Serializer):

@@ -6,8 +6,9 @@ import base64
 import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
-from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from accounts.models import User
@@ -37,6 +38,31 @@ _WORKLIST_FIELDS = (
     "volume__series__study__description",
     "volume__series__study__study_date",
 )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reviewer's rejection its annotator has not resolved yet (by submitting again)."""
+
+    comment: str
+    reviewer: str
+    at: datetime
+    version_number: int  # the rejected version, as people count
+
+
+# A rejection is open while the case is back with its annotator: rejected, or taken again to fix it.
+_OPEN_REJECTION_STATUSES = (Case.Status.REJECTED, Case.Status.IN_PROGRESS)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of a case's history (newest first on the page)."""
+
+    at: datetime
+    kind: str  # "version" or a review decision ("approve", "reject")
+    who: str
+    text: str
+    comment: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,11 +123,75 @@ def worklist_query(
         score, case_id = _cursor_decode(cursor)
         # The first condition bounds the index range; the second resolves ties on the score.
         qs = qs.filter(score__lte=score).filter(Q(score__lt=score) | Q(id__lt=case_id))
+    last = Review.objects.filter(case=OuterRef("pk")).order_by("-created_at", "-id")
     return (
         qs.select_related("assignee", "lock__user", "volume__series__study")
         .only(*_WORKLIST_FIELDS)
+        .annotate(
+            last_review_decision=Subquery(last.values("decision")[:1]),
+            last_review_comment=Subquery(last.values("comment")[:1]),
+            last_review_reviewer=Subquery(last.values("reviewer__username")[:1]),
+            last_review_at=Subquery(last.values("created_at")[:1]),
+            last_review_number=Subquery(last.values("version__number")[:1]),
+        )
         .order_by("-score", "-id")
     )
+
+
+def case_rejection(case: Case) -> Rejection | None:
+    """The open rejection of a case: its latest review rejected it and its annotator has not submitted
+    again. Uses what the worklist annotated or the prefetched reviews (``case_detail``) when there,
+    else asks the database."""
+    if case.status not in _OPEN_REJECTION_STATUSES:
+        return None
+    if hasattr(case, "last_review_decision"):
+        if case.last_review_decision != Review.Decision.REJECT:
+            return None
+        return Rejection(
+            comment=case.last_review_comment,
+            reviewer=case.last_review_reviewer,
+            at=case.last_review_at,
+            version_number=case.last_review_number + 1,
+        )
+    if "reviews" in getattr(case, "_prefetched_objects_cache", {}):
+        reviews = list(case.reviews.all())  # oldest first (case_detail)
+        last = reviews[-1] if reviews else None
+    else:
+        last = case.reviews.select_related("reviewer", "version").order_by("-created_at", "-id").first()
+    if last is None or last.decision != Review.Decision.REJECT:
+        return None
+    return Rejection(
+        comment=last.comment,
+        reviewer=last.reviewer.username,
+        at=last.created_at,
+        version_number=last.version.display_number,
+    )
+
+
+def case_history(case: Case) -> list[HistoryEntry]:
+    """What happened to a case (loaded by ``case_detail``), newest first: each saved version and each
+    review with its comment. Version numbers as people count."""
+    entries = [
+        HistoryEntry(
+            at=v.created_at,
+            kind="version",
+            who=v.author.username if v.author else (v.model_version or "model"),
+            text=f"Version {v.display_number} saved ({v.get_source_display()})",
+        )
+        for v in case.versions.all()
+    ]
+    verbs = {Review.Decision.APPROVE: "Approved", Review.Decision.REJECT: "Rejected"}
+    entries += [
+        HistoryEntry(
+            at=r.created_at,
+            kind=r.decision,
+            who=r.reviewer.username,
+            text=f"{verbs.get(r.decision, r.decision)} version {r.version.display_number}",
+            comment=r.comment,
+        )
+        for r in case.reviews.all()
+    ]
+    return sorted(entries, key=lambda e: e.at, reverse=True)
 
 
 def worklist(
@@ -142,7 +232,9 @@ def case_detail(*, case_id: int) -> Case | None:
         .prefetch_related(
             "project__labels",
             Prefetch("versions", MaskVersion.objects.select_related("author").order_by("number")),
-            Prefetch("reviews", Review.objects.select_related("reviewer").order_by("created_at", "id")),
+            Prefetch(
+                "reviews", Review.objects.select_related("reviewer", "version").order_by("created_at", "id")
+            ),
         )
         .filter(pk=case_id)
         .first()

@@ -46,7 +46,7 @@ def worklist(request, project_id: int):
     except ApplicationError as exc:  # a stale or edited cursor: show the first page and say so
         error = exc.message
         page = selectors.worklist(project=project, user=request.user, limit=WORKLIST_PAGE_SIZE, **filters)
-    rows = [(case, selectors.active_lock_holder(case)) for case in page.cases]
+    rows = [(case, selectors.active_lock_holder(case), selectors.case_rejection(case)) for case in page.cases]
     return render(
         request,
         "annotation/worklist.html",
@@ -111,5 +111,7 @@ def case_page(request, case_id: int):
             "versions": versions,
             "worklist_url": page_data["worklistUrl"],
             "page_data": page_data,
+            "rejection": selectors.case_rejection(case),
+            "history": selectors.case_history(case),
         },
     )

@@ -94,3 +94,33 @@ def test_an_unreachable_pacs_is_recorded_and_retried(submitted, users, monkeypat
         review_seg_export(review_id=review.id)
     review.refresh_from_db()
     assert review.export_status == Review.Export.PENDING and "will retry" in review.export_error
+
+
+def test_the_rejection_comment_follows_the_case_until_it_is_submitted_again(submitted, users, project):
+    from annotation import selectors
+
+    case, version = submitted
+    case_review(case=case, user=users["reviewer"], version=version, decision="reject", comment="Tail missing")
+    row = selectors.worklist(project=project, user=users["annotator"]).cases[0]
+    rejection = selectors.case_rejection(row)
+    assert (rejection.comment, rejection.reviewer) == ("Tail missing", "reviewer")
+    assert rejection.version_number == 2  # as people count
+    # taken again to fix it: still open, in the worklist and on the case
+    next_case_take(project=project, user=users["annotator"])
+    detail = selectors.case_detail(case_id=case.id)
+    assert selectors.case_rejection(detail).comment == "Tail missing"
+    history = selectors.case_history(detail)
+    assert [(e.kind, e.text) for e in history] == [
+        ("reject", "Rejected version 2"),
+        ("version", "Version 2 saved (human)"),
+        ("version", "Version 1 saved (human)"),
+    ]
+    assert history[0].comment == "Tail missing" and history[0].who == "reviewer"
+    # submitted again: resolved (the history keeps it)
+    v3 = save(case, users["annotator"], version)
+    case_submit(case=case, user=users["annotator"], version=v3)
+    row = selectors.worklist(project=project, user=users["annotator"]).cases[0]
+    assert selectors.case_rejection(row) is None
+    assert selectors.case_rejection(selectors.case_detail(case_id=case.id)) is None
+    history = selectors.case_history(selectors.case_detail(case_id=case.id))
+    assert "Tail missing" in [e.comment for e in history]

@@ -103,3 +103,25 @@ def test_worklist_page_lists_cases_by_score_with_lock_holders(users, project, ma
 def test_project_list_links_each_worklist(users, project):
     html = client_for(users["reviewer"]).get("/projects/").content.decode()
     assert f'href="/projects/{project.id}/"' in html and "anterior" in html
+
+
+def test_the_annotator_sees_the_rejection_comment_on_the_worklist_and_the_case(users, case):
+    from annotation.services import case_review, case_submit
+
+    case_take(case=case, user=users["annotator"])
+    version = save(case, users["annotator"], None)
+    case_submit(case=case, user=users["annotator"], version=version)
+    case_review(
+        case=case, user=users["reviewer"], version=version, decision="reject", comment="Redo the <tail>"
+    )
+    annotator = client_for(users["annotator"])
+    worklist = annotator.get(f"/projects/{case.project_id}/").content.decode()
+    row = re.search(rf'<tr data-case="{case.id}">(.*?)</tr>', worklist, re.S).group(1)
+    assert "Redo the &lt;tail&gt;" in row and "reviewer" in row
+    html = annotator.get(f"/cases/{case.id}/").content.decode()
+    banner = re.search(r'<div id="rejection-banner".*?</div>', html, re.S).group(0)
+    assert "Returned by reviewer" in banner and "Redo the &lt;tail&gt;" in banner and "version 1" in banner
+    history = re.search(r'<section class="panel" id="history">.*?</section>', html, re.S).group(0)
+    assert "Rejected version 1" in history and "Redo the &lt;tail&gt;" in history
+    api = annotator.get(f"/api/cases/{case.id}/").json()
+    assert api["rejection"]["comment"] == "Redo the <tail>" and api["rejection"]["version_number"] == 1
