@@ -13,11 +13,12 @@ Data, per sample (everything random comes from one seeded ``numpy`` generator)::
 
 The preprocessing is :func:`ml_worker.transforms.preprocessing`, the one inference runs, so training
 and inference see the same grid and intensities. When the network has guidance channels, a random
-``prompt_fraction`` of the samples gets prompts drawn from its label (for some labelled classes: a
-jittered box as :func:`ml_worker.inference.simulate.jittered_box` draws it and/or a few positive clicks
-inside and negative clicks near the structure), rendered by
-:class:`~ml_worker.inference.guidance.RenderGuidance` exactly as at inference; the other samples get
-none, so the same network learns to pre-segment unprompted and to follow prompts.
+``prompt_fraction`` of the samples is trained the way annotators use the network
+(:mod:`ml_worker.adaptation.interaction`): it starts from nothing, a 3D box, a 2D box or a degraded
+mask; the network predicts and a click goes on its largest error, for ``0..max_iterations`` rounds
+without gradient (the prediction becomes the mask channel); the loss is on the prediction after the
+last click. Guidance is rendered by :class:`~ml_worker.inference.guidance.RenderGuidance` exactly as at
+inference. The other samples get none, so the same network learns to pre-segment unprompted.
 
 Loop: ``epochs`` x ``steps_per_epoch`` AdamW steps (cosine learning-rate decay by step), a progress
 callback after each step (for a web Job), validation Dice per case and class through
@@ -25,8 +26,9 @@ callback after each step (for a web Job), validation Dice per case and class thr
 each epoch: the trained tensors, the optimizer and AMP scaler states, the epoch, the torch and numpy
 RNG states and the history. ``fit(resume=True)`` continues from it; on CPU a run interrupted after an
 epoch and resumed ends with exactly the weights of an uninterrupted run. On CUDA the forward runs under
-``torch.autocast`` (bf16 where supported, else fp16 with a ``GradScaler``); CUDA kernels are not all
-deterministic, so there the result is reproducible only up to their rounding.
+``torch.autocast`` (bf16 where supported, else fp16 with a ``GradScaler``), and so does it on a CPU with
+native bf16 (:func:`~ml_worker.models.checkpoints.amp_dtype`; master weights stay float32); CUDA kernels
+are not all deterministic, so there the result is reproducible only up to their rounding.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from monai.transforms import (
 from torch import Tensor, nn
 
 from ml_worker.adaptation.adapter import AdapterMetadata, save_adapter
+from ml_worker.adaptation.interaction import InteractionState, start_state
 from ml_worker.adaptation.losses import PartialLabelLoss
 from ml_worker.adaptation.peft import (
     PeftMethod,
@@ -65,10 +68,8 @@ from ml_worker.adaptation.peft import (
 from ml_worker.inference.eval import dice
 from ml_worker.inference.guidance import RenderGuidance
 from ml_worker.inference.native import Native3DTask
-from ml_worker.inference.prompts import Box3D, Click, Prompts
-from ml_worker.inference.simulate import jittered_box
 from ml_worker.io.volume import load_volume
-from ml_worker.models.checkpoints import file_sha256, save_atomic, select_device
+from ml_worker.models.checkpoints import amp_dtype, autocast, file_sha256, save_atomic, select_device
 from ml_worker.models.native3d import DIVISOR, Native3DConfig, load_native3d
 from ml_worker.transforms import preprocessing
 
@@ -83,7 +84,6 @@ __all__ = [
     "case_means",
     "evaluate_task",
     "read_training_checkpoint",
-    "simulate_prompts",
 ]
 
 CHECKPOINT_FORMAT = "ml_worker.train-checkpoint/1"
@@ -154,8 +154,8 @@ class TrainConfig:
     seed: seeds every random draw (initialisation of added parameters, sampling, augmentation, prompts,
         dropout).
     modality: DICOM modality of the cases (picks the intensity normalisation).
-    prompt_fraction: share of samples trained with simulated prompts (guidance networks only).
-    max_clicks: most positive (and negative) clicks per prompted class; box_probability: chance of a box.
+    prompt_fraction: share of samples trained with simulated interaction (guidance networks only).
+    max_iterations: most simulated click rounds before the prediction the loss is on (uniform from 0).
     flip_axes: network-grid axes (RAS) flipped with probability 0.5 each; default left-right only,
         since flips along other axes break anatomical priors (anterior/posterior parts, ...).
     affine_probability: chance of a small random rotation (up to 15 degrees) and scaling (10%).
@@ -173,9 +173,8 @@ class TrainConfig:
     clip_norm: float = 1.0
     seed: int = 0
     modality: str = "MR"
-    prompt_fraction: float = 0.5
-    max_clicks: int = 3
-    box_probability: float = 0.5
+    prompt_fraction: float = 0.7
+    max_iterations: int = 4
     flip_axes: tuple[int, ...] = (0,)
     affine_probability: float = 0.2
     intensity: float = 0.1
@@ -192,11 +191,11 @@ class TrainConfig:
             problems.append("lr must be > 0, weight_decay and clip_norm >= 0")
         if self.schedule not in ("cosine", "constant"):
             problems.append(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        for name in ("prompt_fraction", "box_probability", "affine_probability"):
+        for name in ("prompt_fraction", "affine_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.max_clicks < 0 or not 0 <= self.intensity < 1:
-            problems.append("max_clicks must be >= 0 and intensity in [0, 1)")
+        if self.max_iterations < 0 or not 0 <= self.intensity < 1:
+            problems.append("max_iterations must be >= 0 and intensity in [0, 1)")
         if any(a not in (0, 1, 2) for a in self.flip_axes):
             problems.append(f"flip_axes must be among 0, 1, 2, got {list(self.flip_axes)}")
         if problems:
@@ -248,53 +247,16 @@ def evaluate_task(
     return out
 
 
-def simulate_prompts(
-    label: np.ndarray,
-    labelled: Sequence[int],
-    rng: np.random.Generator,
-    *,
-    max_clicks: int = 3,
-    box_probability: float = 0.5,
-    jitter: int = 2,
-) -> Prompts | None:
-    """Prompts an annotator might give on a label map, for some of its labelled structures.
+@dataclass
+class Sample:
+    """One augmented training sample on its network grid."""
 
-    Each labelled value present in `label` is prompted with probability 0.5 (at least one is): a
-    jittered 3D box (:func:`~ml_worker.inference.simulate.jittered_box`) with probability
-    `box_probability`, then ``0..max_clicks`` positive clicks on voxels of the structure (at least one
-    without a box) and ``0..max_clicks`` negative clicks on voxels outside it within 3 voxels of its
-    extent.
-
-    Args:
-        label: ``(X, Y, Z)`` integer label map (voxel coordinates of the prompts are on its grid).
-        labelled: the label values that may be prompted.
-
-    Returns:
-        The prompts, or None when no labelled structure is present.
-    """
-    label = np.asarray(label)
-    present = [v for v in labelled if (label == v).any()]
-    if not present:
-        return None
-    chosen = [v for v in present if rng.random() < 0.5] or [present[int(rng.integers(len(present)))]]
-    boxes: list[Box3D] = []
-    clicks: list[Click] = []
-    for value in chosen:
-        mask = label == value
-        has_box = rng.random() < box_probability
-        if has_box:
-            boxes.append(jittered_box(mask, label=value, rng=rng, jitter=jitter))
-        inside = np.argwhere(mask)
-        n_pos = int(rng.integers(0 if has_box else 1, max(max_clicks, 1) + 1))
-        for i in rng.choice(len(inside), size=min(n_pos, len(inside)), replace=False):
-            clicks.append(Click(label=value, ijk=tuple(int(c) for c in inside[i]), positive=True))
-        lo = np.maximum(inside.min(0) - 3, 0)
-        hi = np.minimum(inside.max(0) + 4, label.shape)
-        near = np.argwhere(~mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]) + lo
-        n_neg = int(rng.integers(0, max_clicks + 1)) if len(near) else 0
-        for i in rng.choice(len(near), size=min(n_neg, len(near)), replace=False):
-            clicks.append(Click(label=value, ijk=tuple(int(c) for c in near[i]), positive=False))
-    return Prompts(boxes=tuple(boxes), clicks=tuple(clicks))
+    image: Tensor  # (1, X, Y, Z)
+    label: np.ndarray  # (X, Y, Z) integer label map
+    target: Tensor  # (C, X, Y, Z) one channel per class
+    labelled: Tensor  # (C,) bool
+    spacing: np.ndarray  # (3,) mm
+    state: InteractionState | None  # None: trained unprompted (pre-segmentation)
 
 
 class Trainer:
@@ -337,9 +299,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             list(trainable_parameters(self.network).values()), lr=train.lr, weight_decay=train.weight_decay
         )
-        self.amp_dtype: torch.dtype | None = None
-        if self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype(self.device)
         # loss scaling is needed for fp16 only (bf16 has float32's range)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.renderer = RenderGuidance(labels=config.labels, sigma=config.click_sigma)
@@ -451,38 +411,61 @@ class Trainer:
                     "affine": affine,
                 }
             )
+            data["spacing"] = np.linalg.norm(np.asarray(data["image"].affine)[:3, :3], axis=0)
             data["image"] = data["image"].as_tensor()
             data["label"] = data["label"].as_tensor()
             data.pop("affine", None)
             self._cache[case.case_id] = data
         return self._cache[case.case_id]
 
-    def _sample(self, case: TrainCase) -> tuple[Tensor, Tensor, Tensor]:
-        """One augmented sample: inputs ``(in_channels, *roi)``, target ``(C, *roi)``, labelled ``(C,)``."""
+    def _sample(self, case: TrainCase) -> Sample:
+        """One augmented sample on its grid (image, label map, target, labelled, grid spacing)."""
         self._augment.set_random_state(seed=int(self.rng.integers(2**31)))
-        out = self._augment(dict(self._cached(case)))
+        cached = self._cached(case)
+        out = self._augment({k: v for k, v in cached.items() if k != "spacing"})
         out = out[0] if isinstance(out, list) else out
         image = torch.as_tensor(out["image"]).float()
         label = torch.as_tensor(out["label"])[0].round().to(torch.int64)
         values = self.config.label_values
         target = torch.stack([label == v for v in values]).float()
         labelled = torch.tensor([v in case.labelled for v in values])
-        channels = [image]
-        if self.config.guidance:
-            prompts = None
-            if self.rng.random() < self.train.prompt_fraction:
-                prompts = simulate_prompts(
-                    label.numpy(),
-                    case.labelled,
-                    self.rng,
-                    max_clicks=self.train.max_clicks,
-                    box_probability=self.train.box_probability,
+        state = None
+        if self.config.guidance and self.rng.random() < self.train.prompt_fraction:
+            state = start_state(label.numpy(), case.labelled, self.rng)
+        return Sample(image, label.numpy(), target, labelled, np.asarray(cached["spacing"]), state)
+
+    def _inputs(self, batch: Sequence[Sample]) -> Tensor:
+        """``(B, in_channels, *roi)``: the images and, with guidance, each sample's prompts and mask."""
+        rows = []
+        for sample in batch:
+            channels = [sample.image]
+            if self.config.guidance:
+                state = sample.state or InteractionState()
+                grid = np.diag([*sample.spacing, 1.0])  # the sample's own grid: prompts are grid voxels
+                channels.append(
+                    self.renderer(
+                        state.prompts(),
+                        source_affine=grid,
+                        grid_affine=grid,
+                        grid_shape=sample.label.shape,
+                        mask=state.mask,
+                    )
                 )
-            eye = np.eye(4)
-            channels.append(
-                self.renderer(prompts, source_affine=eye, grid_affine=eye, grid_shape=tuple(label.shape))
-            )
-        return torch.cat(channels), target, labelled
+            rows.append(torch.cat(channels))
+        return torch.stack(rows).to(self.device)
+
+    def _simulate(self, batch: Sequence[Sample]) -> None:
+        """``0..max_iterations`` rounds of predict-then-click on the prompted samples, without gradient."""
+        prompted = [s for s in batch if s.state is not None and s.state.classes]
+        rounds = int(self.rng.integers(0, self.train.max_iterations + 1))
+        if not prompted or rounds == 0:
+            return
+        self.network.eval()
+        for _ in range(rounds):
+            with torch.no_grad(), autocast(self.device):
+                probabilities = torch.sigmoid(self.network(self._inputs(prompted)).float()).cpu().numpy()
+            for sample, p in zip(prompted, probabilities, strict=True):
+                sample.state.step(p, sample.label, self.config.label_values)
 
     # ---- loop ------------------------------------------------------------------------------------
 
@@ -501,16 +484,17 @@ class Trainer:
             order += self.rng.permutation(n_cases).tolist()
         return order[:n_samples]
 
-    def _step(self, batch: list[tuple[Tensor, Tensor, Tensor]], lr: float) -> float:
-        inputs, target, labelled = (torch.stack(x).to(self.device) for x in zip(*batch, strict=True))
+    def _step(self, batch: list[Sample], lr: float) -> float:
+        if self.config.guidance:
+            self._simulate(batch)
+        inputs = self._inputs(batch)
+        target = torch.stack([s.target for s in batch]).to(self.device)
+        labelled = torch.stack([s.labelled for s in batch]).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         set_train_mode(self.network)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.amp_dtype is not None:
-            with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
-                logits = self.network(inputs)
-        else:
+        with autocast(self.device):
             logits = self.network(inputs)
         loss = self.criterion(logits.float(), target, labelled)
         self.scaler.scale(loss).backward()

@@ -33,6 +33,7 @@ from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from monai.transforms import Compose
 from torch import nn
 
+from ml_worker.inference.corrections import honour_clicks
 from ml_worker.inference.guidance import RenderGuidance, RenderGuidanced
 from ml_worker.inference.prompts import Box3D, Click, PromptError, Prompts
 from ml_worker.inference.sam3d import Interaction
@@ -44,6 +45,7 @@ from ml_worker.transforms import preprocessing, to_source_grid
 __all__ = ["Native3DSession", "Native3DTask", "Prediction", "labels_from_probabilities", "presegment"]
 
 THRESHOLD = 0.5
+CLICK_REACH_SIGMAS = 3.0  # a click may change regions that start within its drawn ball (3 sigma)
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,10 +160,20 @@ class Native3DTask:
             "device": str(self.device),
         }
 
-    def pre_transforms(self, *, modality: str) -> Compose:
-        """Source ``{"image", "affine", "prompts"}`` -> network grid ``{"image": (1, X, Y, Z),
-        "guidance": (3C, X, Y, Z)}`` (no guidance key for a model without guidance)."""
-        transforms = list(
+    def pre_transforms(self, *, modality: str, with_mask: bool = False) -> Compose:
+        """Source ``{"image", "affine", "prompts"[, "mask"]}`` -> network grid ``{"image": (1, X, Y, Z),
+        "guidance": (4C, X, Y, Z)}`` (no guidance key for a model without guidance). With `with_mask`
+        the current label map at ``"mask"`` is resampled beside the image (nearest neighbour) and
+        becomes the mask channels."""
+        transforms = self._preprocessing(modality=modality, with_mask=with_mask)
+        if self.config.guidance:
+            transforms.append(
+                RenderGuidanced("prompts", labels=self.config.labels, sigma=self.config.click_sigma)
+            )
+        return Compose(transforms)
+
+    def _preprocessing(self, *, modality: str, with_mask: bool) -> list:
+        return list(
             preprocessing(
                 modality=modality,
                 target_spacing=self.config.spacing,
@@ -169,13 +181,9 @@ class Native3DTask:
                 window=self.window,
                 fit="pad",
                 k_divisible=DIVISOR,
+                label_key="mask" if with_mask else None,
             ).transforms
         )
-        if self.config.guidance:
-            transforms.append(
-                RenderGuidanced("prompts", labels=self.config.labels, sigma=self.config.click_sigma)
-            )
-        return Compose(transforms)
 
     def inferer(self, grid_shape: tuple[int, ...]) -> Inferer:
         """The inferer for a preprocessed volume of spatial size `grid_shape` ``(X, Y, Z)``."""
@@ -204,9 +212,9 @@ class Native3DTask:
             image: ``(I, J, K)`` source voxels (:mod:`ml_worker.io.volume` convention).
             affine: ``(4, 4)`` voxel -> RAS mm.
             modality: DICOM modality ("CT", "MR", ...), which picks the intensity normalisation.
-            prompts: boxes and clicks in source voxel coordinates for labels of ``config.labels``;
-                ``None`` (or empty) for pre-segmentation. A previous mask in `prompts` is not an input
-                of this network and is ignored.
+            prompts: boxes and clicks in source voxel coordinates for labels of ``config.labels``,
+                and the current label map (``prompts.mask``) the network edits; ``None`` (or empty) for
+                pre-segmentation.
 
         Raises:
             PromptError: a prompt outside the volume, an empty box, a label not in the label set, or
@@ -219,13 +227,17 @@ class Native3DTask:
             raise ValueError(f"image must be (I, J, K), got shape {image.shape}")
         affine = np.asarray(affine, dtype=np.float64)
         has_prompts = prompts is not None and bool(prompts.boxes or prompts.clicks)
+        has_mask = prompts is not None and prompts.mask is not None and self.config.guidance
         if has_prompts and not self.config.guidance:
             raise PromptError("this model takes no prompts (it was built without guidance channels)")
         if prompts is not None:
             self.renderer.validate(prompts, image.shape)
 
-        transform = self.pre_transforms(modality=modality)
-        data = transform({"image": image, "affine": affine, "prompts": prompts if has_prompts else None})
+        transform = self.pre_transforms(modality=modality, with_mask=has_mask)
+        inputs = {"image": image, "affine": affine, "prompts": prompts if has_prompts else None}
+        if has_mask:
+            inputs["mask"] = np.asarray(prompts.mask, dtype=np.float32)
+        data = transform(inputs)
         grid = data["image"]
         channels = [grid.as_tensor()]
         if self.config.guidance:
@@ -275,18 +287,27 @@ def presegment(task: Native3DTask, volume: Volume, *, modality: str) -> Predicti
 
 class Native3DSession:
     """An interactive session of the native 3D net on one structure: each prompt re-runs the network
-    with every prompt given so far for that label (the guidance channels hold them all), so a click
-    composes with the box and the earlier clicks. Same interface as `LiteMedSAM3D`.
+    with every prompt given so far for that label and the structure's current mask, so the network
+    edits what the annotator sees; the answer to a click then honours it
+    (:func:`~ml_worker.inference.corrections.honour_clicks`). Same interface as `LiteMedSAM3D`.
 
     Args:
         task: the native 3D task (a model with guidance channels).
         image, affine: the volume, as for :meth:`Native3DTask.__call__`.
         modality: DICOM modality of the volume.
         label: the structure's label value (must be in the task's label set).
+        mask: the structure's mask before the first prompt (e.g. the pre-segmentation); default empty.
     """
 
     def __init__(
-        self, task: Native3DTask, *, image: np.ndarray, affine: np.ndarray, modality: str, label: int
+        self,
+        task: Native3DTask,
+        *,
+        image: np.ndarray,
+        affine: np.ndarray,
+        modality: str,
+        label: int,
+        mask: np.ndarray | None = None,
     ) -> None:
         if not task.config.guidance:
             raise PromptError("this model takes no prompts (it was built without guidance channels)")
@@ -296,10 +317,15 @@ class Native3DSession:
         self.box: Box3D | None = None
         self.clicks: list[Click] = []
         self.history: list[Interaction] = []
+        self.initial = None if mask is None else np.asarray(mask, dtype=bool)
+        self.mask = self.initial
+        self.raw: np.ndarray | None = None  # the network's answer to the last prompt, before the guarantee
+        self.spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
 
     def start(self, box: Box3D) -> np.ndarray:
-        """Segment from a 3D box; forgets earlier clicks. Returns the bool ``(I, J, K)`` mask."""
-        self.box, self.clicks = box, []
+        """Segment from a 3D box (editing the initial mask, if any); forgets earlier clicks. Returns the
+        bool ``(I, J, K)`` mask."""
+        self.box, self.clicks, self.mask = box, [], self.initial
         return self._run("box")
 
     def click(self, click: Click) -> np.ndarray:
@@ -309,14 +335,25 @@ class Native3DSession:
 
     def _run(self, kind: str) -> np.ndarray:
         began = time.perf_counter()
-        prompts = Prompts(boxes=(self.box,) if self.box else (), clicks=tuple(self.clicks))
+        current = None
+        if self.mask is not None:
+            current = np.where(self.mask, np.uint8(self.label), np.uint8(0))
+        prompts = Prompts(boxes=(self.box,) if self.box else (), clicks=tuple(self.clicks), mask=current)
         prediction = self.task(
             image=self.image,
             affine=self.affine,
             modality=self.modality,
             prompts=prompts.for_label(self.label),
         )
-        self.history.append(Interaction(kind, time.perf_counter() - began, 0, 1))
         # This structure's own sigmoid, not the label map: another class must not take its voxels.
         channel = self.task.config.label_values.index(self.label)
-        return prediction.probabilities[channel] > THRESHOLD
+        self.raw = prediction.probabilities[channel] > THRESHOLD
+        self.mask = honour_clicks(
+            self.raw,
+            clicks=self.clicks,
+            previous=self.mask if kind == "click" else None,
+            spacing=self.spacing,
+            reach=CLICK_REACH_SIGMAS * self.task.config.click_sigma,
+        )
+        self.history.append(Interaction(kind, time.perf_counter() - began, 0, 1))
+        return self.mask

@@ -8,6 +8,7 @@ file cannot run code when it is loaded. The bundled LiteMedSAM weights come from
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
@@ -208,13 +209,40 @@ def select_device(prefer: str | None = None) -> torch.device:
     return device
 
 
+@functools.cache
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX, through oneDNN).
+
+    Measured on the 2-core development Xeon: a training step of the native net 2.7x faster and the
+    LiteMedSAM encoder 1.7x faster under bf16 autocast, at the same Dice. Set ``ML_WORKER_AMP=off``
+    to run float32 everywhere (comparisons, a CPU whose bf16 misbehaves).
+    """
+    if os.environ.get("ML_WORKER_AMP", "auto").lower() in ("off", "0", "false", "float32"):
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for `device`: bf16 on CUDA where supported (else fp16), bf16 on a CPU that
+    has it natively (:func:`cpu_bf16_supported`), None (float32) otherwise. Weights stay float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device | str) -> Iterator[None]:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); nothing on other devices."""
+    """Mixed precision where the device has it (see :func:`amp_dtype`); float32 elsewhere."""
     device = torch.device(device)
-    if device.type != "cuda":
+    dtype = amp_dtype(device)
+    if dtype is None:
         yield
         return
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    with torch.autocast(device_type="cuda", dtype=dtype):
+    with torch.autocast(device_type=device.type, dtype=dtype):
         yield

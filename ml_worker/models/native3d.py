@@ -6,15 +6,23 @@ and whole volumes run through the same weights), GroupNorm (batch size 1 trains 
 its affine parameters are what a norm-only PEFT opens) and residual, with few parameters (4.7 M at
 16 filters, 2 classes). Its 1x1x1 convs (the up-path channel reducers and the head) must stay out of LoRA.
 
-Input channels, ``1 + 3 * num_classes`` with guidance (see :mod:`ml_worker.inference.guidance`)::
+Input channels, ``1 + 4 * num_classes`` with guidance (see :mod:`ml_worker.inference.guidance`)::
 
     0            the image, preprocessed to [0, 1]
-    1 + 3c + 0   positive clicks for class c: Gaussian balls, peak 1
-    1 + 3c + 1   negative clicks for class c: Gaussian balls, peak 1
-    1 + 3c + 2   box for class c: 1 inside the box, 0 outside
+    1 + 4c + 0   positive clicks for class c: Gaussian balls (sigma in mm), peak 1
+    1 + 4c + 1   negative clicks for class c: Gaussian balls, peak 1
+    1 + 4c + 2   box for class c: 1 inside the box, 0 outside
+    1 + 4c + 3   the current mask of class c (what the annotator sees): 1 inside, 0 outside
 
 Classes are the project's label set in a fixed order (``Native3DConfig.label_values``); without
-prompts (pre-segmentation) every guidance channel is zero. Output: ``num_classes`` logits, one sigmoid
+prompts (pre-segmentation) every guidance channel is zero. The mask channel makes the network an
+editor: it is trained with clicks placed on its own errors (nnInteractive, SAM-Med3D, DeepEdit), so a
+click corrects the mask the annotator sees instead of segmenting afresh.
+
+Files of the first format (``native3d/1``: three guidance channels per class, clicks sized in grid
+voxels) are converted on load: the mask channels get zero input weights (the network computes exactly
+what it did before) and the click size is carried over in mm. Such a network has never seen a mask:
+retrain it to get the editing behaviour. Output: ``num_classes`` logits, one sigmoid
 per class (not a softmax), so a project that labels only some structures can mask the others out of
 the loss, and overlapping structures are possible.
 
@@ -37,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.networks.nets import SegResNet
 from torch import nn
@@ -56,8 +65,10 @@ __all__ = [
     "save_native3d",
 ]
 
-GUIDANCE_PER_CLASS = 3  # positive clicks, negative clicks, box
-NATIVE3D_FORMAT = "native3d/1"
+GUIDANCE_PER_CLASS = 4  # positive clicks, negative clicks, box, current mask
+NATIVE3D_FORMAT = "native3d/2"
+LEGACY_FORMAT = "native3d/1"  # 3 guidance channels per class, click_sigma in grid voxels
+STEM_WEIGHT = "convInit.conv.weight"  # the first conv: its input channels are the image and guidance
 DIVISOR = 8  # SegResNet halves the grid three times: every input size must be a multiple of this
 
 
@@ -96,7 +107,7 @@ def build_native3d(
 
     Args:
         num_classes: output channels, one sigmoid each (background is not a class).
-        guidance: add ``3 * num_classes`` guidance input channels (see the module docstring).
+        guidance: add ``4 * num_classes`` guidance input channels (see the module docstring).
         init_filters: width of the first level (doubles per level); a multiple of 8 (GroupNorm of 8).
         dropout: probability at the stem and before the head (0 switches both off).
         head_prior: initial foreground probability of every class (the head's bias is set to its
@@ -104,7 +115,7 @@ def build_native3d(
             everywhere" instead of 0.5, and training does not spend its first steps getting there.
 
     Returns:
-        A module mapping ``(B, 1 + 3 * num_classes, X, Y, Z)`` (``(B, 1, X, Y, Z)`` without guidance),
+        A module mapping ``(B, 1 + 4 * num_classes, X, Y, Z)`` (``(B, 1, X, Y, Z)`` without guidance),
         sizes multiples of 8, to ``(B, num_classes, X, Y, Z)`` logits.
     """
     if num_classes < 1:
@@ -143,7 +154,7 @@ class Native3DConfig:
     init_filters, dropout: network width and dropout (see :func:`build_native3d`).
     roi_size: sliding-window patch (X, Y, Z) on the network grid; multiples of 8.
     spacing: target voxel size in mm (R, A, S) the network works at; ``None`` keeps the source's.
-    click_sigma: standard deviation of a click's Gaussian ball, in network-grid voxels.
+    click_sigma: standard deviation of a click's Gaussian ball, in mm.
     """
 
     num_classes: int
@@ -222,8 +233,11 @@ class Native3DConfig:
         """
         data = dict(data)
         fmt = data.pop("format", NATIVE3D_FORMAT)
-        if fmt != NATIVE3D_FORMAT:
-            raise ValueError(f"config format {fmt!r} is not {NATIVE3D_FORMAT!r}")
+        if fmt == LEGACY_FORMAT:  # click size was in grid voxels: carry it over in mm
+            spacing = data.get("spacing") or (1.0, 1.0, 1.0)
+            data["click_sigma"] = float(data.get("click_sigma", 2.0)) * float(np.mean(spacing))
+        elif fmt != NATIVE3D_FORMAT:
+            raise ValueError(f"config format {fmt!r} is neither {NATIVE3D_FORMAT!r} nor {LEGACY_FORMAT!r}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -293,6 +307,7 @@ def load_native3d(
             )
         config = stored
     model = config.build()
+    state = _with_mask_channels(state, config)
     try:
         check_state_dict(model, state)
     except CheckpointError as exc:
@@ -301,12 +316,28 @@ def load_native3d(
     return model.to(device).eval(), config
 
 
+def _with_mask_channels(state: Mapping[str, torch.Tensor], config: Native3DConfig) -> dict[str, torch.Tensor]:
+    """Weights of a first-format network (3 guidance channels per class) with zero input weights for
+    the mask channels inserted, so it computes what it did; other weights are returned as they are."""
+    state = dict(state)
+    weight = state.get(STEM_WEIGHT)
+    legacy = 1 + (GUIDANCE_PER_CLASS - 1) * config.num_classes
+    if not config.guidance or weight is None or weight.ndim != 5 or weight.shape[1] != legacy:
+        return state
+    parts = [weight[:, :1]]
+    for c in range(config.num_classes):
+        per_class = weight[:, 1 + 3 * c : 1 + 3 * (c + 1)]
+        parts += [per_class, torch.zeros_like(per_class[:, :1])]
+    state[STEM_WEIGHT] = torch.cat(parts, dim=1)
+    return state
+
+
 def describe_channels(config: Native3DConfig) -> list[str]:
     """Human-readable name of every input channel, in order (for logs and model cards)."""
     names = ["image"]
     if config.guidance:
         for name in config.class_names:
-            names += [f"{name}:positive", f"{name}:negative", f"{name}:box"]
+            names += [f"{name}:positive", f"{name}:negative", f"{name}:box", f"{name}:mask"]
     return names
 
 
