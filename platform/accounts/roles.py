@@ -23,6 +23,7 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
     + [
         "annotation.annotate_case",
         "annotation.review_case",
+        "annotation.approve_own_work",
         "annotation.release_any_lock",
         "annotation.view_effort",
         "annotation.view_auditevent",

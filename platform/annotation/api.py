@@ -176,6 +176,7 @@ class ReviewSerializer(serializers.Serializer):
     reviewer = serializers.CharField(source="reviewer.username")
     decision = serializers.CharField()
     comment = serializers.CharField()
+    override_reason = serializers.CharField()
     created_at = serializers.DateTimeField()
     export_status = serializers.CharField()
     export_error = serializers.CharField()
@@ -412,6 +413,12 @@ class CaseReviewApi(Api):
         version = serializers.IntegerField()
         decision = serializers.ChoiceField(choices=Review.Decision.values)
         comment = serializers.CharField(required=False, default="", allow_blank=True)
+        override_reason = serializers.CharField(
+            required=False,
+            default="",
+            allow_blank=True,
+            help_text="An admin approving their own work says why (audited); else 403",
+        )
 
     def post(self, request, case_id: int):
         case = _case(case_id)
@@ -423,6 +430,7 @@ class CaseReviewApi(Api):
             version=_version(case, data.validated_data["version"]),
             decision=data.validated_data["decision"],
             comment=data.validated_data["comment"],
+            override_reason=data.validated_data["override_reason"],
         )
         return Response(ReviewSerializer(review).data, status=self.success_status)
 

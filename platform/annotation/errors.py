@@ -25,6 +25,13 @@ class CaseStateError(ApplicationError):
     http_status = 409
 
 
+class SelfReviewError(ApplicationError):
+    """A reviewer approves a case they annotated; ``extra['can_override']`` says whether they may with a
+    reason (an admin)."""
+
+    http_status = 403
+
+
 class StaleVersionError(ApplicationError):
     """The client worked on a version that is no longer the head; ``extra['head']`` says which is."""
 

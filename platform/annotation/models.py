@@ -101,6 +101,7 @@ class Case(models.Model):
             ("review_case", "Can approve or reject submitted cases"),
             ("release_any_lock", "Can release a lock someone else holds"),
             ("view_effort", "Can see annotation effort per case"),
+            ("approve_own_work", "Can approve a case they annotated, giving a reason (audited)"),
         ]
 
     def __str__(self) -> str:
@@ -185,6 +186,9 @@ class Review(models.Model):
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     decision = models.CharField(max_length=8, choices=Decision.choices)
     comment = models.TextField(blank=True)
+    override_reason = models.TextField(
+        blank=True, help_text="Why an admin approved their own work (empty: the reviewer did not annotate it)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     export_status = models.CharField(max_length=8, choices=Export.choices, blank=True)
     export_error = models.TextField(blank=True)

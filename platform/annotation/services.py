@@ -22,6 +22,7 @@ from annotation.errors import (
     CaseStateError,
     ModelNotReadyError,
     ModelTimeoutError,
+    SelfReviewError,
     StaleVersionError,
 )
 from annotation.masks import delta_apply, mask_read, mask_write
@@ -468,10 +469,51 @@ def case_submit(*, case: Case, user: User, version: MaskVersion) -> Case:
     return case
 
 
+def _own_work_check(*, case: Case, user: User, override_reason: str) -> str:
+    """A reviewer may not approve work they did (the case's assignee, or an author of one of its
+    versions). An admin (``approve_own_work``) may, with a reason; returns the reason when it is used.
+
+    Raises:
+        SelfReviewError: their own work and no reason, or a reason without the permission.
+    """
+    reason = override_reason.strip()
+    authored = sorted(v.display_number for v in case.versions.filter(author=user).only("number", "case_id"))
+    if case.assignee_id != user.id and not authored:
+        return ""
+    can_override = user.has_perm("annotation.approve_own_work")
+    what = f"versions {', '.join(map(str, authored))}" if authored else "this case"
+    if not reason:
+        hint = (
+            " As an admin you may approve it anyway, giving a reason (it is audited)." if can_override else ""
+        )
+        raise SelfReviewError(
+            f"You annotated {what}: another reviewer approves it.{hint}", extra={"can_override": can_override}
+        )
+    if not can_override:
+        raise SelfReviewError(
+            f"You annotated {what}: only an admin may approve their own work.", extra={"can_override": False}
+        )
+    return reason
+
+
 @transaction.atomic
-def case_review(*, case: Case, user: User, version: MaskVersion, decision: str, comment: str = "") -> Review:
+def case_review(
+    *,
+    case: Case,
+    user: User,
+    version: MaskVersion,
+    decision: str,
+    comment: str = "",
+    override_reason: str = "",
+) -> Review:
     """Approve or reject the submitted version. Approval freezes the case and queues its DICOM SEG export
-    (after commit); rejection returns it to its annotator with the comment."""
+    (after commit); rejection returns it to its annotator with the comment. Nobody approves their own
+    work, except an admin giving ``override_reason`` (stored on the review and audited).
+
+    Raises:
+        CaseStateError, StaleVersionError: the case is not submitted, or ``version`` is not its head.
+        SelfReviewError: the reviewer annotated it (see ``_own_work_check``).
+    """
     case = _locked_case(case)
     if case.status != Case.Status.SUBMITTED:
         raise CaseStateError(
@@ -486,16 +528,20 @@ def case_review(*, case: Case, user: User, version: MaskVersion, decision: str, 
     if decision == Review.Decision.REJECT and not comment:
         raise ApplicationError("Say why you reject it: the annotator gets your comment.")
     approve = decision == Review.Decision.APPROVE
+    override = _own_work_check(case=case, user=user, override_reason=override_reason) if approve else ""
     review = Review.objects.create(
         case=case,
         version=version,
         reviewer=user,
         decision=decision,
         comment=comment,
+        override_reason=override,
         export_status=Review.Export.PENDING if approve else Review.Export.NONE,
     )
     case.status = Case.Status.APPROVED if approve else Case.Status.REJECTED
     case.save(update_fields=["status", "updated_at"])
+    if override:
+        audit_event(actor=user, action="case.approve_own_work", obj=case, version=version.id, reason=override)
     audit_event(actor=user, action=f"case.{decision}", obj=case, version=version.id, comment=comment)
     if approve:
         from annotation.tasks import review_seg_export

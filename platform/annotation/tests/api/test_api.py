@@ -280,6 +280,20 @@ def test_reject_needs_a_comment_and_returns_the_case(as_user, case, users):
     mine = annotator.get(f"/api/projects/{case.project_id}/worklist/", {"assignee": "me"}).json()["results"]
     assert [(c["id"], c["status"]) for c in mine] == [(case.id, "rejected")]
     assert annotator.get(f"/api/cases/{case.id}/").json()["reviews"][0]["comment"] == "Too big"
+    assert mine[0]["rejection"]["comment"] == "Too big" and mine[0]["rejection"]["reviewer"] == "reviewer"
+
+
+def test_approving_ones_own_work_gets_403_unless_an_admin_says_why(as_user, case):
+    admin = as_user("admin")
+    post(admin, f"/api/cases/{case.id}/take/")
+    v0 = post(admin, f"/api/cases/{case.id}/versions/create/", version_body(None)).json()
+    post(admin, f"/api/cases/{case.id}/submit/", {"version": v0["id"]})
+    refused = post(admin, f"/api/cases/{case.id}/review/", {"version": v0["id"], "decision": "approve"})
+    assert refused.status_code == 403 and refused.json()["extra"] == {"can_override": True}
+    assert "another reviewer" in refused.json()["message"] and not Review.objects.exists()
+    body = {"version": v0["id"], "decision": "approve", "override_reason": "sole admin on call"}
+    approved = post(admin, f"/api/cases/{case.id}/review/", body)
+    assert approved.status_code == 201 and approved.json()["override_reason"] == "sole admin on call"
 
 
 def test_worklist_pages_and_bad_filters(as_user, project, make_volume):

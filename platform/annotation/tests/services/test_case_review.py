@@ -124,3 +124,44 @@ def test_the_rejection_comment_follows_the_case_until_it_is_submitted_again(subm
     assert selectors.case_rejection(selectors.case_detail(case_id=case.id)) is None
     history = selectors.case_history(selectors.case_detail(case_id=case.id))
     assert "Tail missing" in [e.comment for e in history]
+
+
+def test_a_reviewer_may_not_approve_their_own_work(case, users):
+    from annotation.errors import SelfReviewError
+    from annotation.models import AuditEvent
+
+    admin = users["admin"]  # an admin annotates and reviews
+    case_take(case=case, user=admin)
+    version = save(case, admin, None)
+    case_submit(case=case, user=admin, version=version)
+    with pytest.raises(SelfReviewError, match="You annotated versions 1: another reviewer") as refused:
+        case_review(case=case, user=admin, version=version, decision="approve")
+    assert refused.value.extra == {"can_override": True} and refused.value.http_status == 403
+    case.refresh_from_db()
+    assert case.status == Case.Status.SUBMITTED and not Review.objects.exists()
+    # an admin overrides with a reason: stored on the review and audited
+    review = case_review(
+        case=case, user=admin, version=version, decision="approve", override_reason="  night shift, alone  "
+    )
+    assert review.override_reason == "night shift, alone"
+    event = AuditEvent.objects.get(action="case.approve_own_work")
+    assert (event.actor, event.details["reason"]) == (admin, "night shift, alone")
+
+
+def test_a_reviewer_without_admin_rights_cannot_override(case, users):
+    from accounts.models import User
+    from annotation.errors import SelfReviewError
+
+    both = users["reviewer"]
+    both.groups.add(*users["annotator"].groups.all())  # annotator and reviewer
+    both = User.objects.get(pk=both.pk)  # fresh permission cache
+    case_take(case=case, user=both)
+    version = save(case, both, None)
+    case_submit(case=case, user=both, version=version)
+    with pytest.raises(SelfReviewError, match="another reviewer approves it.$") as refused:
+        case_review(case=case, user=both, version=version, decision="approve")
+    assert refused.value.extra == {"can_override": False}
+    with pytest.raises(SelfReviewError, match="only an admin"):
+        case_review(case=case, user=both, version=version, decision="approve", override_reason="urgent")
+    assert not Review.objects.exists()
+    case_review(case=case, user=users["admin"], version=version, decision="approve")  # someone else may
