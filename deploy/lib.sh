@@ -94,5 +94,10 @@ secrets_load() {  # var/secrets.env: made once, readable by its owner only
       echo "ORTHANC_PASSWORD=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(18))')"
     } > "$VAR/secrets.env"
   fi
+  # The key of the PACS passwords at rest; added to a file made before it existed.
+  if ! grep -q '^PACS_CREDENTIALS_KEY=' "$VAR/secrets.env"; then
+    echo "PACS_CREDENTIALS_KEY=$("$PY" -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')" \
+      >> "$VAR/secrets.env"
+  fi
   set -a; . "$VAR/secrets.env"; set +a
 }

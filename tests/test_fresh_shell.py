@@ -104,3 +104,14 @@ def test_the_environment_wins_over_the_file_and_a_missing_file_is_named(var_dir,
     missing = manage(fresh_shell(empty), "promote", "--project", "x", "--model", "1")
     assert missing.returncode != 0
     assert f"{empty / 'secrets.env'} does not hold one: run deploy/run.sh once" in missing.stderr
+
+
+def test_the_pacs_credentials_key_comes_from_the_secrets_file_or_a_secrets_backend_file(var_dir, tmp_path):
+    show = ["shell", "-c", "from django.conf import settings; print(*settings.PACS_CREDENTIALS_KEYS)"]
+    with (var_dir / "secrets.env").open("a") as secrets:
+        secrets.write("PACS_CREDENTIALS_KEY=key-from-the-file\n")
+    assert manage(fresh_shell(var_dir), *show).stdout.splitlines()[-1] == "key-from-the-file"
+    rendered = tmp_path / "vault-rendered-key"  # what a secrets backend's agent writes: new key first
+    rendered.write_text("new-key\nold-key\n")
+    backend = manage(fresh_shell(var_dir, PACS_CREDENTIALS_KEY_FILE=str(rendered)), *show)
+    assert backend.stdout.splitlines()[-1] == "new-key old-key"

@@ -105,15 +105,22 @@ def test_worklist_shows_volumes_skipped_series_and_errors(client, users, pacs_so
     assert "SEG series hold no image" in skipped
 
 
-def test_healthz_reports_each_dependency(client, pacs_source):
+def test_healthz_tells_anyone_ok_or_not_and_admins_each_dependency(client, users, pacs_source):
     response = client.get("/healthz")
-    assert response.status_code == 200, response.json()
-    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok", "pacs": {"Test PACS": "ok"}}
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
     PacsSource.objects.create(name="Down PACS", base_url="http://127.0.0.1:9/dicom-web")
     response = client.get("/healthz")
+    assert (response.status_code, response.json()) == (503, {"status": "degraded"})
+    client.force_login(users[Role.ANNOTATOR])
+    assert client.get("/healthz").json() == {"status": "degraded"}
+
+    client.force_login(users[Role.ADMIN])
+    response = client.get("/healthz")
     assert response.status_code == 503
-    assert response.json()["pacs"]["Down PACS"].startswith("error")
+    details = response.json()
+    assert (details["database"], details["broker"], details["pacs"]["Test PACS"]) == ("ok", "ok", "ok")
+    assert details["pacs"]["Down PACS"].startswith("error")
 
 
 def test_absent_or_null_dicom_json_values_fall_back_to_the_default():

@@ -1,4 +1,8 @@
-"""/healthz: is each dependency reachable right now? 200 when all are, 503 otherwise."""
+"""/healthz: is each dependency reachable right now? 200 when all are, 503 otherwise.
+
+Anyone (a load balancer, a monitor) gets only ok or not; which dependency failed, and the names of the
+PACS sources, only a signed-in admin (permission pacs.view_pacssource) sees.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ def healthz(request):
         for source in PacsSource.objects.filter(enabled=True):
             pacs[source.name] = _check(_pacs, source)
     healthy = all(v == "ok" for v in checks.values()) and all(v == "ok" for v in pacs.values())
-    return JsonResponse(
-        {"status": "ok" if healthy else "degraded", **checks, "pacs": pacs}, status=200 if healthy else 503
-    )
+    body = {"status": "ok" if healthy else "degraded"}
+    if request.user.is_authenticated and request.user.has_perm("pacs.view_pacssource"):
+        body.update(checks, pacs=pacs)
+    return JsonResponse(body, status=200 if healthy else 503)

@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
 
+from pacs.credentials import CredentialsKeyError, password_encrypt
 from pacs.models import PacsSource
 
 
@@ -19,7 +20,19 @@ class PacsSourceForm(forms.ModelForm):
         fields = ["name", "base_url", "username", "password", "enabled", "poll_interval_s"]
 
     def clean_password(self) -> str:
-        return self.cleaned_data["password"] or self.instance.password
+        """A new password is encrypted here, so a missing key is a form error and nothing is saved."""
+        password = self.cleaned_data["password"]
+        if password:
+            try:
+                password_encrypt(password)
+            except CredentialsKeyError as exc:
+                raise forms.ValidationError(exc.message) from None
+        return password
+
+    def save(self, commit: bool = True) -> PacsSource:
+        if self.cleaned_data.get("password"):
+            self.instance.password = self.cleaned_data["password"]  # stored as a Fernet token
+        return super().save(commit=commit)
 
 
 @admin.register(PacsSource)

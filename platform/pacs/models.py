@@ -1,5 +1,7 @@
 from django.db import models
 
+from pacs.credentials import password_decrypt, password_encrypt
+
 
 class PacsSource(models.Model):
     """A DICOMweb endpoint the platform pulls studies from and sends DICOM SEG back to."""
@@ -13,7 +15,9 @@ class PacsSource(models.Model):
     name = models.CharField(max_length=100, unique=True)
     base_url = models.URLField(help_text="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
     username = models.CharField(max_length=150, blank=True)
-    password = models.CharField(max_length=255, blank=True)
+    password_encrypted = models.TextField(
+        blank=True, editable=False, help_text="The password as a Fernet token (pacs.credentials)."
+    )
     enabled = models.BooleanField(default=True, help_text="Polled by the scheduler when enabled.")
     poll_interval_s = models.PositiveIntegerField(default=300)
 
@@ -31,3 +35,12 @@ class PacsSource(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def password(self) -> str:
+        """The password in clear, for the DICOMweb client only; at rest it is encrypted."""
+        return password_decrypt(self.password_encrypted, source_name=self.name)
+
+    @password.setter
+    def password(self, value: str) -> None:
+        self.password_encrypted = password_encrypt(value)

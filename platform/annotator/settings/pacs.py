@@ -14,3 +14,15 @@ ORTHANC_STORAGE_DIR = Path(
 PACS_TIMEOUT_SECONDS = float(os.environ.get("PACS_TIMEOUT_SECONDS", "60"))
 # QIDO page size; hospital PACS often cap results per query.
 PACS_QIDO_PAGE_SIZE = int(os.environ.get("PACS_QIDO_PAGE_SIZE", "500"))
+
+
+def _credentials_keys() -> list[str]:
+    """Keys of the PACS passwords at rest (pacs.credentials), comma- or line-separated, newest first:
+    PACS_CREDENTIALS_KEY (var/secrets.env or the environment), or the file a secrets backend writes
+    (PACS_CREDENTIALS_KEY_FILE: a Docker/Kubernetes secret, a Vault agent template)."""
+    path = os.environ.get("PACS_CREDENTIALS_KEY_FILE", "")
+    text = Path(path).read_text() if path else os.environ.get("PACS_CREDENTIALS_KEY", "")
+    return [key.strip() for key in text.replace("\n", ",").split(",") if key.strip()]
+
+
+PACS_CREDENTIALS_KEYS = _credentials_keys()

@@ -23,6 +23,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 PACS_TIMEOUT_SECONDS = 10
+# Fernet key of the PACS passwords at rest: base64 of b"test-only-pacs-credentials-key-0".
+PACS_CREDENTIALS_KEYS = ["dGVzdC1vbmx5LXBhY3MtY3JlZGVudGlhbHMta2V5LTA="]
 # Each test run its own Redis key prefix: two runs on one machine (or a developer's run beside CI) never
 # take each other's tasks or results. Subprocesses inherit it through the environment.
 _REDIS_PREFIX = os.environ.setdefault("ANNOTATOR_TEST_REDIS_PREFIX", f"test-{os.getpid()}-")

@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.db import transaction
 
+from pacs.credentials import token_rotate
 from pacs.models import PacsSource
 
 LOCAL_ORTHANC_NAME = "Local Orthanc"
@@ -18,3 +19,18 @@ def pacs_source_ensure_local() -> PacsSource:
         },
     )
     return source
+
+
+@transaction.atomic
+def pacs_credentials_rotate() -> int:
+    """Re-encrypt every stored PACS password with the first configured key (after a new key was put
+    first in PACS_CREDENTIALS_KEY, the old one kept after it); returns how many were re-encrypted.
+    Raises CredentialsKeyError, changing nothing, when a password opens with none of the keys."""
+    sources = list(PacsSource.objects.select_for_update().exclude(password_encrypted=""))
+    rotated = [
+        (source, token_rotate(source.password_encrypted, source_name=source.name)) for source in sources
+    ]  # all checked first
+    for source, token in rotated:
+        source.password_encrypted = token
+        source.save(update_fields=["password_encrypted"])
+    return len(rotated)
