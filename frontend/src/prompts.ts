@@ -7,7 +7,7 @@
  * sagittal view make the 3D box), or is the drawn slice alone for a first box.
  */
 
-import type { BoxPrompt } from "./api";
+import type { BoxPrompt, ClickPrompt } from "./api";
 import type { Vec3 } from "./orientation";
 
 /** A box dragged on a 2D view: `lo[normal] === hi[normal]` is the slice it was drawn on. */
@@ -16,6 +16,12 @@ export interface DrawnBox {
   hi: Vec3;
   /** The native axis the view looks along. */
   normal: number;
+}
+
+/** The prompts of one class: its box and the clicks since, oldest first. */
+export interface PromptSession {
+  box: BoxPrompt | null;
+  clicks: ClickPrompt[];
 }
 
 export function mergeBox(previous: BoxPrompt | null, drawn: DrawnBox): BoxPrompt {
