@@ -73,7 +73,7 @@ def test_login_with_password(client, users):
     user.set_password("a-long-passphrase-1")
     user.save()
     response = client.post(reverse("login"), {"username": "annotator-1", "password": "a-long-passphrase-1"})
-    assert response.status_code == 302 and response["Location"] == reverse("worklist")
+    assert response.status_code == 302 and response["Location"] == reverse("home")  # then per role
     assert client.post(reverse("login"), {"username": "annotator-1", "password": "wrong"}).status_code == 200
 
 
@@ -93,8 +93,11 @@ def test_worklist_shows_volumes_skipped_series_and_errors(client, users, pacs_so
         error_kind="missing_slice",
         error_message="Slice missing between 13.0 and 26.0 mm.",
     )
-    client.force_login(users[Role.ANNOTATOR])
+    client.force_login(users[Role.ANNOTATOR])  # annotators see the series, not ingest errors (issue 17)
+    page = client.get("/worklist/", {"q": "PGBM"}).content.decode()
+    assert "T1post" in page and "Slice missing" not in page
 
+    client.force_login(users[Role.ADMIN])
     page = client.get("/worklist/", {"q": "PGBM"}).content.decode()
     assert "T1post" in page and "280×320×22" in page
     assert "Slice missing between 13.0 and 26.0 mm." in page

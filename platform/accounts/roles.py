@@ -34,6 +34,7 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "pacs.change_pacssource",
         "pacs.delete_pacssource",
         "pacs.sync_pacssource",
+        "accounts.view_overview",
         "accounts.view_user",
         "accounts.add_user",
         "accounts.change_user",

@@ -72,7 +72,9 @@ class WorklistPage:
 
 
 def project_list() -> QuerySet[Project]:
-    return Project.objects.prefetch_related("labels").annotate(n_cases=Count("cases"))
+    """Projects with their labels and how many cases are in each state (``n_<status>``)."""
+    by_status = {f"n_{value}": Count("cases", filter=Q(cases__status=value)) for value in Case.Status.values}
+    return Project.objects.prefetch_related("labels").annotate(n_cases=Count("cases"), **by_status)
 
 
 def project_get(*, project_id: int) -> Project | None:

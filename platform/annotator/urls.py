@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from django.views.generic import RedirectView
 
+from accounts import views as accounts_views
 from annotation import views as annotation_views
 from common.health import healthz
 from learning import urls as learning_urls
@@ -10,7 +10,8 @@ from pacs import views as pacs_views
 from studies import views as studies_views
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="worklist"), name="home"),
+    path("", accounts_views.home, name="home"),
+    path("overview/", accounts_views.overview, name="overview"),
     path("healthz", healthz, name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
