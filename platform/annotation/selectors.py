@@ -188,7 +188,8 @@ def case_history(case: Case) -> list[HistoryEntry]:
             at=r.created_at,
             kind=r.decision,
             who=r.reviewer.username,
-            text=f"{verbs.get(r.decision, r.decision)} version {r.version.display_number}",
+            text=f"{verbs.get(r.decision, r.decision)} version {r.version.display_number}"
+            + review_export_state(r),
             comment=r.comment,
         )
         for r in case.reviews.all()
@@ -307,3 +308,27 @@ def audit_list(
     if before_id is not None:
         qs = qs.filter(id__lt=before_id)
     return list(qs.order_by("-id")[:limit])
+
+
+def review_export_state(review: Review) -> str:
+    """Where an approval's DICOM SEG is, for the case history: '' for a rejection."""
+    if review.decision != Review.Decision.APPROVE or not review.export_status:
+        return ""
+    if review.export_status == Review.Export.DONE:
+        return " · DICOM SEG in the PACS"
+    state = "export pending" if review.export_status == Review.Export.PENDING else "export failed"
+    return f" · DICOM SEG {state}" + (f": {review.export_error}" if review.export_error else "")
+
+
+def reviews_export_stale(*, idle_since: datetime, alive_actions: Iterable[str]) -> list[int]:
+    """Approvals whose DICOM SEG export is still pending, made before ``idle_since``, with none of
+    ``alive_actions`` audited on them since then: their export message was lost or never sent."""
+    alive = AuditEvent.objects.filter(
+        object_type="annotation.review", action__in=list(alive_actions), at__gte=idle_since
+    ).values_list("object_id", flat=True)
+    return list(
+        Review.objects.filter(export_status=Review.Export.PENDING, created_at__lt=idle_since)
+        .exclude(id__in={int(object_id) for object_id in alive})
+        .order_by("id")
+        .values_list("id", flat=True)
+    )

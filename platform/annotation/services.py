@@ -544,12 +544,42 @@ def case_review(
         audit_event(actor=user, action="case.approve_own_work", obj=case, version=version.id, reason=override)
     audit_event(actor=user, action=f"case.{decision}", obj=case, version=version.id, comment=comment)
     if approve:
-        from annotation.tasks import review_seg_export
-
         # robust: a broker outage must not turn a committed approval into an error page; the review
-        # then stays "pending" for the export to be queued again.
-        transaction.on_commit(lambda: review_seg_export.delay(review.id), robust=True)
+        # then stays "pending" and the tick queues it again (review_exports_requeue).
+        transaction.on_commit(lambda: review_export_queue(review_id=review.id), robust=True)
     return review
+
+
+# A pending export with no sign of life (queued, or a failed try that will be retried) for this long
+# is taken to be lost (queued while the broker was down, or a broker restarted without persistence) and
+# is queued again. Longer than the export task's longest retry backoff (15 min).
+EXPORT_REQUEUE_AFTER = timedelta(minutes=20)
+_EXPORT_ALIVE_ACTIONS = ("review.export_queued", "review.export_retry")
+
+
+def review_export_queue(*, review_id: int) -> None:
+    """Send a review's DICOM SEG export to the cpu queue, and record that it was sent (the mark the tick
+    looks for). Raises whatever the broker raises when it is down; nothing is recorded then."""
+    from annotation.tasks import review_seg_export
+
+    review_seg_export.delay(review_id)
+    AuditEvent.objects.create(
+        actor=None, action="review.export_queued", object_type="annotation.review", object_id=str(review_id)
+    )
+
+
+def review_exports_requeue(*, now=None) -> list[int]:
+    """What the tick runs: queue again every pending export that has shown no sign of life for
+    EXPORT_REQUEUE_AFTER; returns their review ids. Safe while the first message still waits in the
+    queue: the export is idempotent and a done one returns at once."""
+    from annotation.selectors import reviews_export_stale
+
+    stale = reviews_export_stale(
+        idle_since=(now or timezone.now()) - EXPORT_REQUEUE_AFTER, alive_actions=_EXPORT_ALIVE_ACTIONS
+    )
+    for review_id in stale:
+        review_export_queue(review_id=review_id)
+    return stale
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
@@ -583,6 +613,7 @@ def review_seg_export(*, review_id: int) -> Review:
         )
     except TransientError as exc:
         Review.objects.filter(pk=review.pk).update(export_error=f"{exc.message} (will retry)")
+        audit_event(actor=None, action="review.export_retry", obj=review, error=exc.message)
         raise
     except ApplicationError as exc:
         Review.objects.filter(pk=review.pk).update(

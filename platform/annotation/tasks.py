@@ -20,6 +20,14 @@ def review_seg_export(review_id: int) -> dict:
     return {"status": review.export_status, "sop_instance_uid": review.seg_sop_instance_uid}
 
 
+# Beat: queue again the exports that were lost (queued while the broker was down).
+@shared_task(acks_late=True)
+def review_exports_requeue() -> list[int]:
+    from annotation.services import review_exports_requeue as requeue
+
+    return requeue()
+
+
 # Embeddings of a volume: minutes on a CPU, seconds on a GPU; safe to run twice (skips what exists).
 @shared_task(acks_late=True)
 def volume_embeddings_compute(volume_id: int) -> bool:

@@ -37,6 +37,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(os.environ.get("PACS_POLL_SECONDS", "60")),
         "options": {"queue": "cpu", "expires": 55},
     },
+    "exports-requeue": {
+        "task": "annotation.tasks.review_exports_requeue",
+        "schedule": float(os.environ.get("EXPORT_REQUEUE_SECONDS", "60")),
+        "options": {"queue": "cpu", "expires": 55},
+    },
     "learning-tick": {
         "task": "learning.tasks.learning_tick",
         "schedule": float(os.environ.get("LEARNING_TICK_SECONDS", "60")),
