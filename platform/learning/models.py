@@ -50,6 +50,9 @@ class LearningPolicy(models.Model):
     epochs = models.PositiveIntegerField(default=4)
     steps_per_epoch = models.PositiveIntegerField(default=25)
 
+    class Meta:
+        verbose_name_plural = "learning policies"
+
     def __str__(self) -> str:
         return f"learning policy of {self.project}"
 

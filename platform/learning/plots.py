@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from learning.selectors import Activation, ApprovedCase, CurvePoint
 
@@ -94,11 +95,28 @@ def _rolling(values: Sequence[float], n: int) -> list[float]:
     return out
 
 
+# The least time the effort chart spans: one approval (or several within minutes) gets an hour around
+# it, not the years matplotlib's date axis falls back to for a range of zero.
+MIN_SPAN = timedelta(hours=1)
+
+
+def time_window(times: Sequence[datetime]) -> tuple[datetime, datetime]:
+    """The x range of a time chart: the times with 5 % room either side, at least ``MIN_SPAN`` wide."""
+    lo, hi = min(times), max(times)
+    pad = max((hi - lo) * 0.05, (MIN_SPAN - (hi - lo)) / 2)
+    return lo - pad, hi + pad
+
+
 def effort_png(cases: Sequence[ApprovedCase], activations: Sequence[Activation]) -> bytes:
     """Annotation seconds (top) and interactions (bottom) per approved case against its approval time,
     each with a moving mean, and a vertical line where a model version became active."""
     if not cases:
         return _empty("No approved case yet: effort per case appears once reviewers approve masks.")
+    return _png(effort_figure(cases, activations))
+
+
+def effort_figure(cases: Sequence[ApprovedCase], activations: Sequence[Activation]):
+    """The effort chart as a matplotlib Figure (``effort_png`` draws it); ``cases`` is not empty."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
     fig, (top, bottom) = _figure(height=HEIGHT * 1.35, rows=2)
@@ -130,10 +148,11 @@ def effort_png(cases: Sequence[ApprovedCase], activations: Sequence[Activation])
     locator = AutoDateLocator()
     bottom.xaxis.set_major_locator(locator)
     bottom.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    bottom.set_xlim(*time_window(at + [a.at for a in activations]))  # shared with the top axes
     for ax in (top, bottom):
         ax.set_ylim(bottom=0)
         ax.grid(True, color="#e4e7ec", lw=0.8)
         ax.set_axisbelow(True)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-    return _png(fig)
+    return fig
