@@ -230,8 +230,16 @@ export class Api {
     return (await this.request<CaseSummary>("POST", `cases/${caseId}/submit/`, { version })).data!;
   }
 
-  async review(caseId: number, version: number, decision: "approve" | "reject", comment: string): Promise<Review> {
-    return (await this.request<Review>("POST", `cases/${caseId}/review/`, { version, decision, comment })).data!;
+  /** `overrideReason`: an admin approving their own work says why (else 403 with `extra.can_override`). */
+  async review(
+    caseId: number,
+    version: number,
+    decision: "approve" | "reject",
+    comment: string,
+    overrideReason = "",
+  ): Promise<Review> {
+    const body = { version, decision, comment, ...(overrideReason ? { override_reason: overrideReason } : {}) };
+    return (await this.request<Review>("POST", `cases/${caseId}/review/`, body)).data!;
   }
 
   /** Take the next case of the worklist; null when none is left (204). */

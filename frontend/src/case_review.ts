@@ -1,6 +1,6 @@
 /** The reviewer's panel of the case page: approve the head version, or reject it with a comment. */
 
-import type { Api } from "./api";
+import { type Api, ApiError } from "./api";
 import { $, type Notices } from "./case_ui";
 import type { VersionRef } from "./case_versions";
 
@@ -20,7 +20,7 @@ export class CaseReview {
   constructor(private readonly ctx: ReviewContext) {}
 
   async decide(decision: Decision): Promise<void> {
-    const { api, caseId, notices } = this.ctx;
+    const { notices } = this.ctx;
     const comment = ($("review-comment") as HTMLTextAreaElement).value.trim();
     const head = this.ctx.head();
     if (!head) {
@@ -32,7 +32,7 @@ export class CaseReview {
       return;
     }
     try {
-      const review = await api.review(caseId, head.id, decision, comment);
+      const review = await this.send(decision, head.id, comment);
       const status = decision === "approve" ? "approved" : "rejected";
       notices.badge(status, status);
       this.ctx.case.status = status;
@@ -46,6 +46,20 @@ export class CaseReview {
       );
     } catch (err) {
       this.ctx.failure(err, decision === "approve" ? "Approving" : "Rejecting");
+    }
+  }
+
+  /** The decision; an admin refused for approving their own work is asked for a reason and it is sent
+   * again with it (the server audits it). Without a reason the refusal stands. */
+  private async send(decision: Decision, version: number, comment: string) {
+    const { api, caseId } = this.ctx;
+    try {
+      return await api.review(caseId, version, decision, comment);
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.status !== 403 || err.extra.can_override !== true) throw err;
+      const reason = window.prompt(`${err.message}\n\nWhy do you approve your own work?`)?.trim();
+      if (!reason) throw err;
+      return await api.review(caseId, version, decision, comment, reason);
     }
   }
 }
