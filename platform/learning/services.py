@@ -35,6 +35,7 @@ from annotation.services import (
 )
 from common.exceptions import ApplicationError
 from common.media import media_path, media_relative
+from learning import dispatch
 from learning.models import Job, LearningPolicy, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,9 @@ def policy_get(project: Project) -> LearningPolicy:
 
 def job_dispatch(job_id: int) -> None:
     """Send a job's message (its id only) to its queue; marks when, so a lost message is noticed."""
-    from learning import tasks
-
     job = Job.objects.get(pk=job_id)
-    task = {Job.Kind.ADAPT: tasks.adaptation_run, Job.Kind.SCORE: tasks.pool_score}[job.kind]
-    task.delay(job.id)
+    send = {Job.Kind.ADAPT: dispatch.adaptation_run, Job.Kind.SCORE: dispatch.pool_score}[job.kind]
+    send(job.id)
     Job.objects.filter(pk=job.id, state=Job.State.QUEUED).update(dispatched_at=timezone.now())
 
 

@@ -2,12 +2,13 @@
 
 Adaptation goes to queue train (one at a time per worker), pre-segmentation and scoring to gpu, the
 periodic check to cpu (CELERY_TASK_ROUTES). A duplicate delivery while another worker holds the job
-comes back later (JobBusy); a finished job is a no-op.
+comes back later (JobBusy); a finished job is a no-op. Services send jobs through learning.dispatch,
+which this module connects its tasks to, so they never import it: tasks -> services, one way.
 """
 
 from celery import shared_task
 
-from learning import services
+from learning import dispatch, services
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None)
@@ -30,3 +31,6 @@ def pool_score(self, job_id: int) -> int | None:
 @shared_task(acks_late=True)
 def learning_tick() -> dict:
     return services.learning_tick()
+
+
+dispatch.connect(adaptation_run=adaptation_run, pool_score=pool_score)
