@@ -1,5 +1,5 @@
-"""The JSON API of annotation work (/api/...): one APIView per operation, session auth with CSRF, and a
-Django permission per view (granted per role in accounts.roles) checked on every request.
+"""The JSON API of annotation work (/api/...): one view per operation on common.api's base (session auth
+with CSRF, a Django permission per view, granted per role in accounts.roles, checked on every request).
 
 Errors come back as ``{"message": ..., "extra": {...}}`` (annotation.errors.api_exception_handler).
 How label maps travel is in annotation.masks.
@@ -11,84 +11,20 @@ to a warm worker (annotation.interactive) and waits for its answer file.
 from __future__ import annotations
 
 import base64
-from typing import ClassVar
 
 import numpy as np
 from django.conf import settings
-from django.http import FileResponse, Http404, HttpResponseNotModified
+from django.http import FileResponse, HttpResponseNotModified
 from rest_framework import serializers, status
-from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
-from rest_framework.schemas.openapi import AutoSchema
-from rest_framework.views import APIView
 
 from annotation import selectors, services
 from annotation.errors import PayloadTooLargeError
 from annotation.masks import delta_parse, labelmap_decode, volume_gzip_path
 from annotation.models import Case, MaskVersion, Review
+from common.api import Api, get_or_404
 from common.exceptions import ApplicationError
 from common.media import media_path
-
-
-class RequiredPermission(BasePermission):
-    """Signed in and holding the view's ``permission``. Anonymous requests get 403 (session auth)."""
-
-    def has_permission(self, request, view) -> bool:
-        return bool(request.user and request.user.is_authenticated and request.user.has_perm(view.permission))
-
-
-class ApiSchema(AutoSchema):
-    """OpenAPI from the nested Input/Filter/OutputSerializer of each view, named after the view."""
-
-    def _name(self) -> str:
-        return type(self.view).__name__.removesuffix("Api")
-
-    def get_operation_id(self, path, method) -> str:
-        name = self._name()
-        return name[0].lower() + name[1:]
-
-    def get_component_name(self, serializer) -> str:
-        return self._name() + type(serializer).__name__.removesuffix("Serializer")
-
-    def get_request_serializer(self, path, method):
-        cls = getattr(self.view, "InputSerializer", None)
-        return cls() if cls else None
-
-    def get_response_serializer(self, path, method):
-        cls = getattr(self.view, "OutputSerializer", None)
-        return cls() if cls else None
-
-    def get_responses(self, path, method) -> dict:
-        ok = str(self.view.success_status)
-        return {
-            ok if code in ("200", "201") else code: body
-            for code, body in super().get_responses(path, method).items()
-        }
-
-    def get_filter_parameters(self, path, method) -> list[dict]:
-        cls = getattr(self.view, "FilterSerializer", None)
-        if cls is None:
-            return []
-        return [
-            {"name": name, "in": "query", "required": field.required, "schema": self.map_field(field)}
-            for name, field in cls().fields.items()
-        ]
-
-
-class Api(APIView):
-    permission_classes = [RequiredPermission]
-    permission: ClassVar[str]
-    success_status: ClassVar[int] = status.HTTP_200_OK
-    schema = ApiSchema()
-    action = "call"  # not "list": DRF's schema then describes the output as one object
-
-
-def _get(getter, **kwargs):
-    found = getter(**kwargs)
-    if found is None:
-        raise Http404
-    return found
-
 
 # ---- serializers shared by several views -------------------------------------------------------------
 
@@ -192,7 +128,7 @@ class EffortSerializer(serializers.Serializer):
 
 
 def _case(case_id: int) -> Case:
-    return _get(selectors.case_get, case_id=case_id)
+    return get_or_404(selectors.case_get, case_id=case_id)
 
 
 def _version(case: Case, version_id: int | None) -> MaskVersion | None:
@@ -221,7 +157,7 @@ class ProjectDetailApi(Api):
     OutputSerializer = ProjectSerializer
 
     def get(self, request, project_id: int):
-        return Response(ProjectSerializer(_get(selectors.project_get, project_id=project_id)).data)
+        return Response(ProjectSerializer(get_or_404(selectors.project_get, project_id=project_id)).data)
 
 
 class ProjectCreateApi(Api):
@@ -257,7 +193,7 @@ class ProjectVolumesAddApi(Api):
         added = serializers.IntegerField()
 
     def post(self, request, project_id: int):
-        project = _get(selectors.project_get, project_id=project_id)
+        project = get_or_404(selectors.project_get, project_id=project_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         ids = set(data.validated_data["volume_ids"])
@@ -284,7 +220,7 @@ class WorklistApi(Api):
         next_cursor = serializers.CharField(allow_null=True)
 
     def get(self, request, project_id: int):
-        project = _get(selectors.project_get, project_id=project_id)
+        project = get_or_404(selectors.project_get, project_id=project_id)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         page = selectors.worklist(project=project, user=request.user, **filters.validated_data)
@@ -298,7 +234,7 @@ class NextCaseApi(Api):
     OutputSerializer = CaseSerializer
 
     def post(self, request, project_id: int):
-        project = _get(selectors.project_get, project_id=project_id)
+        project = get_or_404(selectors.project_get, project_id=project_id)
         case = services.next_case_take(project=project, user=request.user)
         if case is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
@@ -312,7 +248,7 @@ class EffortSummaryApi(Api):
         after = serializers.IntegerField(min_value=0, required=False, default=0)
 
     def get(self, request, project_id: int):
-        project = _get(selectors.project_get, project_id=project_id)
+        project = get_or_404(selectors.project_get, project_id=project_id)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         return Response(selectors.effort_summary(project=project, after_id=filters.validated_data["after"]))
@@ -329,7 +265,7 @@ class CaseDetailApi(Api):
         reviews = ReviewSerializer(many=True)
 
     def get(self, request, case_id: int):
-        return Response(self.OutputSerializer(_get(selectors.case_detail, case_id=case_id)).data)
+        return Response(self.OutputSerializer(get_or_404(selectors.case_detail, case_id=case_id)).data)
 
 
 class _LockApi(Api):
@@ -535,7 +471,7 @@ class VersionMaskApi(Api):
     permission = "annotation.view_maskversion"
 
     def get(self, request, version_id: int):
-        version = _get(selectors.version_get, version_id=version_id)
+        version = get_or_404(selectors.version_get, version_id=version_id)
         return _file(
             media_path(version.path),
             etag=version.sha256,

@@ -1,15 +1,14 @@
 """The JSON API of the learning loop's jobs (/api/projects/<id>/jobs/, /api/jobs/<id>/): what the
-dashboard's live updates (static/learning/dashboard.js) and scripts poll. Same conventions as
-annotation.api: one view per operation, session auth, a Django permission checked on every request."""
+dashboard's live updates (static/learning/dashboard.js) and scripts poll. One view per operation on
+common.api's base: session auth, a Django permission checked on every request."""
 
 from __future__ import annotations
 
-from django.http import Http404
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from annotation.api import Api
 from annotation.selectors import project_get
+from common.api import Api, get_or_404
 from learning import selectors
 
 JOBS_LISTED = 20
@@ -42,9 +41,7 @@ class ProjectJobListApi(Api):
         results = JobSerializer(many=True)
 
     def get(self, request, project_id: int):
-        project = project_get(project_id=project_id)
-        if project is None:
-            raise Http404
+        project = get_or_404(project_get, project_id=project_id)
         jobs = selectors.jobs_recent(project=project, limit=JOBS_LISTED)
         return Response(self.OutputSerializer({"results": jobs}).data)
 
@@ -54,7 +51,5 @@ class JobDetailApi(Api):
     OutputSerializer = JobSerializer
 
     def get(self, request, job_id: int):
-        job = selectors.job_get(job_id=job_id)
-        if job is None:
-            raise Http404
+        job = get_or_404(selectors.job_get, job_id=job_id)
         return Response(JobSerializer(job).data)
