@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PLATFORM = Path(__file__).resolve().parents[1] / "platform"
-APPS = ["learning"]
+APPS = ["annotation", "learning"]
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -16,7 +16,7 @@ from django.db.models import Model, Q
 from django.utils import timezone
 
 from accounts.models import User
-from annotation import interactive
+from annotation import dispatch, interactive
 from annotation.errors import (
     CaseLockedError,
     CaseStateError,
@@ -560,9 +560,7 @@ _EXPORT_ALIVE_ACTIONS = ("review.export_queued", "review.export_retry")
 def review_export_queue(*, review_id: int) -> None:
     """Send a review's DICOM SEG export to the cpu queue, and record that it was sent (the mark the tick
     looks for). Raises whatever the broker raises when it is down; nothing is recorded then."""
-    from annotation.tasks import review_seg_export
-
-    review_seg_export.delay(review_id)
+    dispatch.review_seg_export(review_id)
     AuditEvent.objects.create(
         actor=None, action="review.export_queued", object_type="annotation.review", object_id=str(review_id)
     )
@@ -649,10 +647,8 @@ class InteractiveAnswer:
 def volume_embeddings_request(*, volumes: Iterable[Volume]) -> None:
     """Queue the interactive model's embeddings of volumes (queue gpu), after commit. Idempotent: the
     task skips a volume whose embeddings exist. (Pre-segmentation will compute them ahead.)"""
-    from annotation import tasks
-
     for volume in volumes:
-        transaction.on_commit(lambda vid=volume.id: tasks.volume_embeddings_compute.delay(vid))
+        transaction.on_commit(lambda vid=volume.id: dispatch.volume_embeddings_compute(vid))
 
 
 def volume_embeddings_compute(*, volume_id: int) -> bool:
@@ -704,8 +700,6 @@ def case_interact(*, case: Case, user: User, request: dict) -> InteractiveAnswer
     """
     from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-    from annotation import tasks
-
     with transaction.atomic():
         case = _locked_case(case)
         _editable(case)
@@ -719,7 +713,7 @@ def case_interact(*, case: Case, user: User, request: dict) -> InteractiveAnswer
         values = sorted(case.project.labels.values_list("value", flat=True))
         raise ApplicationError(f"Class {label} is not in this project's label set {values}.")
     timeout = settings.INTERACTIVE_TIMEOUT_SECONDS
-    result = tasks.case_interactive_segment.apply_async(args=[volume.id, request], expires=timeout)
+    result = dispatch.case_interactive_segment(volume.id, request, expires=timeout)
     try:
         out = result.get(timeout=timeout)
     except CeleryTimeoutError:

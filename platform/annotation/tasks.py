@@ -1,7 +1,12 @@
-"""Thin Celery tasks around the annotation services (routed to queue cpu by CELERY_TASK_ROUTES)."""
+"""Thin Celery tasks around the annotation services (routed to queue cpu by CELERY_TASK_ROUTES).
+
+Services send through annotation.dispatch, which this module connects its tasks to, so they never import
+it: tasks -> services, one way.
+"""
 
 from celery import shared_task
 
+from annotation import dispatch
 from common.exceptions import TransientError
 
 
@@ -42,3 +47,10 @@ def case_interactive_segment(volume_id: int, request: dict) -> dict:
     from annotation.services import interactive_segment
 
     return interactive_segment(volume_id=volume_id, request=request)
+
+
+dispatch.connect(
+    review_seg_export=review_seg_export,
+    volume_embeddings_compute=volume_embeddings_compute,
+    case_interactive_segment=case_interactive_segment,
+)
