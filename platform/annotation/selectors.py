@@ -35,6 +35,7 @@ _WORKLIST_FIELDS = (
     "volume__spacing",
     "volume__series__modality",
     "volume__series__description",
+    "volume__series__gone_at",
     "volume__series__study__description",
     "volume__series__study__study_date",
 )

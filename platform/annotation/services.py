@@ -170,6 +170,7 @@ def project_intake(*, project: Project) -> int:
         return 0
     volumes = Volume.objects.filter(
         series__status=Series.Status.READY,
+        series__gone_at__isnull=True,
         series__description__icontains=project.intake_series_description,
     ).exclude(cases__project=project)
     if project.modality:

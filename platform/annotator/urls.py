@@ -21,6 +21,7 @@ urlpatterns = [
     path("projects/<int:project_id>/learning/", include(learning_urls.urlpatterns)),
     path("cases/<int:case_id>/", annotation_views.case_page, name="annotation-case"),
     path("pacs/sources/", pacs_views.source_list, name="pacs-sources"),
+    path("pacs/sources/<int:source_id>/", pacs_views.source_detail, name="pacs-source"),
     path("pacs/sources/<int:source_id>/sync", pacs_views.source_sync, name="pacs-source-sync"),
     path("api/", include("annotation.urls")),
     path("api/", include(learning_urls.api_urlpatterns)),

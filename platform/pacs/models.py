@@ -25,7 +25,10 @@ class PacsSource(models.Model):
     sync_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     last_sync_started_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_sync_finished_at = models.DateTimeField(null=True, blank=True, editable=False)
-    last_error = models.TextField(blank=True, editable=False)
+    last_success_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When a sync last finished without error."
+    )
+    last_error = models.TextField(blank=True, editable=False, help_text="Cleared by a successful sync.")
     last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 

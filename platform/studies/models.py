@@ -13,6 +13,9 @@ class Study(models.Model):
     modalities = models.CharField(max_length=64, blank=True)
     num_series = models.PositiveIntegerField(default=0)
     num_instances = models.PositiveIntegerField(default=0)
+    gone_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a sync found it deleted from the PACS; empty while listed."
+    )
     first_seen_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -47,6 +50,12 @@ class Series(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     ingested_num_instances = models.PositiveIntegerField(null=True, blank=True)
     ingested_at = models.DateTimeField(null=True, blank=True)
+    gone_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a sync found it deleted from the PACS (its volumes and annotations are kept); "
+        "empty while listed.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

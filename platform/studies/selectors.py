@@ -17,15 +17,27 @@ def study_instance_counts(*, source_id: int) -> dict[str, int]:
     return dict(Study.objects.filter(source_id=source_id).values_list("study_instance_uid", "num_instances"))
 
 
+def study_uids_gone(*, source_id: int) -> set[str]:
+    """StudyInstanceUIDs of the source's studies that a sync found deleted from the PACS."""
+    return set(
+        Study.objects.filter(source_id=source_id, gone_at__isnull=False).values_list(
+            "study_instance_uid", flat=True
+        )
+    )
+
+
 def series_ids_unfinished(*, source_id: int, idle_for: timedelta = timedelta(0)) -> list[int]:
     """Series not built yet (pending, mid-ingest, or failed on a PACS outage) whose row has not
-    changed for ``idle_for``: with zero, every unfinished series."""
+    changed for ``idle_for``: with zero, every unfinished series. Series gone from the PACS are left."""
     unfinished = Q(status__in=[Series.Status.PENDING, Series.Status.INGESTING]) | Q(
         status=Series.Status.ERROR, error_kind__in=RETRYABLE_ERROR_KINDS
     )
     return list(
         Series.objects.filter(
-            unfinished, study__source_id=source_id, updated_at__lte=timezone.now() - idle_for
+            unfinished,
+            study__source_id=source_id,
+            gone_at__isnull=True,
+            updated_at__lte=timezone.now() - idle_for,
         )
         .order_by("id")
         .values_list("id", flat=True)

@@ -54,9 +54,39 @@ def study_upsert(
             "description": description[:256],
             "modalities": modalities[:64],
             "num_series": num_series,
+            "gone_at": None,  # listed again: it returns
         },
     )
     return study
+
+
+@transaction.atomic
+def study_mark_gone(*, source: PacsSource, study_instance_uid: str) -> Study | None:
+    """A study the PACS no longer has: it and its series are marked gone; their volumes, and the cases
+    and masks on them, are kept. Returns it (None when unknown or already gone)."""
+    study = (
+        Study.objects.select_for_update()
+        .filter(source=source, study_instance_uid=study_instance_uid, gone_at__isnull=True)
+        .first()
+    )
+    if study is None:
+        return None
+    now = timezone.now()
+    study.gone_at = now
+    study.save(update_fields=["gone_at", "updated_at"])
+    study.series.filter(gone_at__isnull=True).update(gone_at=now, updated_at=now)
+    return study
+
+
+def series_mark_gone(*, study: Study, listed_series_uids: set[str]) -> int:
+    """Mark the study's series that the PACS no longer lists as gone (kept with their volumes);
+    returns how many were marked."""
+    now = timezone.now()
+    return (
+        study.series.filter(gone_at__isnull=True)
+        .exclude(series_instance_uid__in=listed_series_uids)
+        .update(gone_at=now, updated_at=now)
+    )
 
 
 def study_mark_examined(*, study: Study, num_instances: int) -> None:
@@ -89,6 +119,7 @@ def series_upsert(
         },
     )
     changed = not created and series.num_instances != num_instances
+    series.gone_at = None  # listed: it is in the PACS (again)
     series.modality, series.description = modality[:16], description[:256]
     series.series_number, series.num_instances = series_number, num_instances
     needs_ingest = False
@@ -109,7 +140,7 @@ def series_ingest_start(*, series_id: int) -> Series | None:
     """Claim a series for ingest; None when there is nothing to do (already built for this count)."""
     with transaction.atomic():
         series = Series.objects.select_for_update().select_related("study__source").get(pk=series_id)
-        if series.status == Series.Status.SKIPPED:
+        if series.status == Series.Status.SKIPPED or series.gone_at is not None:
             return None
         if series.status == Series.Status.READY and series.ingested_num_instances == series.num_instances:
             return None

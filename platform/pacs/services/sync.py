@@ -20,12 +20,21 @@ from django.utils import timezone
 from common.exceptions import ApplicationError
 from pacs import dicomweb as dw
 from pacs.models import PacsSource
-from studies.selectors import series_ids_unfinished, study_instance_counts
-from studies.services import REQUEUE_AFTER, series_upsert, study_mark_examined, study_upsert
+from studies.selectors import series_ids_unfinished, study_instance_counts, study_uids_gone
+from studies.services import (
+    REQUEUE_AFTER,
+    series_mark_gone,
+    series_upsert,
+    study_mark_examined,
+    study_mark_gone,
+    study_upsert,
+)
 
 log = logging.getLogger(__name__)
 
 SYNC_LEASE = timedelta(minutes=30)
+# Studies missing from a listing that one sync asks the PACS about, one query each, before marking gone.
+GONE_CHECKS_PER_SYNC = 200
 # Series whose objects are not images: listed so people see them, never built into volumes.
 NON_IMAGE_MODALITIES = {
     "SEG",
@@ -51,6 +60,7 @@ class SyncResult:
     studies_seen: int = 0
     studies_examined: int = 0
     series_to_ingest: list[int] = field(default_factory=list)
+    studies_gone: int = 0
     seconds: float = 0.0
 
 
@@ -79,13 +89,17 @@ def pacs_source_sync(*, source_id: int) -> SyncResult:
 def _discover(source: PacsSource) -> SyncResult:
     client = dw.client_for(source)
     known = study_instance_counts(source_id=source.id)
+    gone = study_uids_gone(source_id=source.id)
     result = SyncResult()
     queued: set[int] = set()
+    listed: set[str] = set()
     for item in dw.search_studies(source, client):
         result.studies_seen += 1
         uid = dw.value(item, dw.STUDY_UID)
+        listed.add(uid)
         count = dw.value(item, dw.STUDY_NUM_INSTANCES)
-        if not uid or (count is not None and known.get(uid) == int(count)):
+        # A study that returns is examined again, whatever its count: its series come back with it.
+        if not uid or (count is not None and known.get(uid) == int(count) and uid not in gone):
             continue
         series_items = dw.call(
             source,
@@ -96,9 +110,31 @@ def _discover(source: PacsSource) -> SyncResult:
         )
         queued |= _record_study(source, item, series_items)
         result.studies_examined += 1
+    # Only after the whole listing went through: a sync cut off half-way marks nothing gone.
+    present = listed | gone
+    result.studies_gone = _mark_gone(source, client, [uid for uid in known if uid not in present])
     queued |= set(series_ids_unfinished(source_id=source.id, idle_for=REQUEUE_AFTER))
     result.series_to_ingest = sorted(queued)
     return result
+
+
+def _mark_gone(source: PacsSource, client, unlisted: list[str]) -> int:
+    """Mark gone the studies the listing did not include, each once the PACS, asked for that very
+    StudyInstanceUID, says it has no such study: a PACS that caps or pages its listings differently
+    never makes studies look deleted. At most GONE_CHECKS_PER_SYNC asked per sync; the rest next time."""
+    marked = 0
+    for uid in unlisted[:GONE_CHECKS_PER_SYNC]:
+        found = dw.call(
+            source,
+            "look up a study",
+            client.search_for_studies,
+            search_filters={"StudyInstanceUID": uid},
+            fields=dw.STUDY_FIELDS,
+        )
+        if not found and study_mark_gone(source=source, study_instance_uid=uid) is not None:
+            log.info("source %s: a study is no longer in the PACS; marked gone", source.id)
+            marked += 1
+    return marked
 
 
 @transaction.atomic
@@ -115,6 +151,7 @@ def _record_study(source: PacsSource, item: dict, series_items: list[dict]) -> s
     )
     total = 0
     queued = set()
+    series_mark_gone(study=study, listed_series_uids={dw.value(s, dw.SERIES_UID) for s in series_items})
     for s in series_items:
         modality = str(dw.value(s, dw.MODALITY, ""))
         count = int(dw.value(s, dw.SERIES_NUM_INSTANCES, 0))
@@ -170,6 +207,8 @@ def _finish(source_id: int, *, error: str) -> None:
     fields = {"sync_lease_until": None, "last_sync_finished_at": now}
     if error:
         fields.update(sync_status=PacsSource.SyncStatus.ERROR, last_error=error, last_error_at=now)
-    else:
-        fields.update(sync_status=PacsSource.SyncStatus.OK)
+    else:  # recovered: the last error no longer describes the source
+        fields.update(
+            sync_status=PacsSource.SyncStatus.OK, last_success_at=now, last_error="", last_error_at=None
+        )
     PacsSource.objects.filter(pk=source_id).update(**fields)
