@@ -16,6 +16,11 @@ class Project(models.Model):
     description = models.TextField(blank=True)
     modality = models.CharField(max_length=16, blank=True, help_text="Expected modality, e.g. MR or CT")
     interactive_model = models.CharField(max_length=64, blank=True)
+    double_reading_percent = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Share of the cases (in %) that two annotators read independently, for a reviewer to "
+        "compare and choose or merge; 0: none, 100: all",
+    )
     intake_series_description = models.CharField(
         max_length=128,
         blank=True,
@@ -26,6 +31,11 @@ class Project(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(double_reading_percent__lte=100), name="project_double_reading_percent"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -56,6 +66,10 @@ class Case(models.Model):
 
     ``assignee`` is the annotator whose work it is (set on take; a rejected case keeps it). ``split`` is
     drawn once from the volume's identity when the case is created and never changes.
+
+    Double reading: a volume read twice has two cases in the project, ``reading`` 1 and 2, each with its
+    own reader, lock and versions. A reviewer compares the two once both are submitted and keeps one
+    reading or a merge (annotation.readings): the kept case is approved, the other one ``adjudicated``.
     """
 
     class Status(models.TextChoices):
@@ -64,6 +78,7 @@ class Case(models.Model):
         SUBMITTED = "submitted", "submitted"
         APPROVED = "approved", "approved"
         REJECTED = "rejected", "rejected"
+        ADJUDICATED = "adjudicated", "adjudicated"  # a double reading whose other reading or merge was kept
 
     class Split(models.TextChoices):
         TRAIN = "train", "train"
@@ -73,6 +88,9 @@ class Case(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="cases")
     volume = models.ForeignKey("studies.Volume", on_delete=models.PROTECT, related_name="cases")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
+    reading = models.PositiveSmallIntegerField(
+        default=1, help_text="1: the volume's first (or only) reading; 2: its second, independent reading"
+    )
     split = models.CharField(max_length=16, choices=Split.choices)
     assignee = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -89,7 +107,10 @@ class Case(models.Model):
 
     class Meta:
         ordering = ["-score", "-id"]
-        constraints = [models.UniqueConstraint(fields=["project", "volume"], name="case_unique_volume")]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "volume", "reading"], name="case_unique_reading"),
+            models.CheckConstraint(condition=Q(reading__in=[1, 2]), name="case_reading_1_or_2"),
+        ]
         # The worklist walks this index in order: (score, id) keyset pages of one project.
         indexes = [
             models.Index(
@@ -221,3 +242,39 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_type} {self.object_id}"
+
+
+class Adjudication(models.Model):
+    """A reviewer's decision on a volume read twice: which reading was kept (or how they were merged),
+    with the two readings' agreement at that moment. ``agreement`` holds per class
+    ``{label: {dice, hd95_mm, assd_mm}}`` between the readers; ``final_dice`` each reader's mean Dice
+    with the kept mask (``{"first": x, "second": y}``), for the team's quality report."""
+
+    class Decision(models.TextChoices):
+        FIRST = "first", "kept reading 1"
+        SECOND = "second", "kept reading 2"
+        MERGE = "merge", "merged"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="adjudications")
+    first = models.OneToOneField(Case, on_delete=models.CASCADE, related_name="adjudication_as_first")
+    second = models.OneToOneField(Case, on_delete=models.CASCADE, related_name="adjudication_as_second")
+    first_version = models.ForeignKey(MaskVersion, on_delete=models.PROTECT, related_name="+")
+    second_version = models.ForeignKey(MaskVersion, on_delete=models.PROTECT, related_name="+")
+    first_reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    second_reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    result = models.ForeignKey(MaskVersion, on_delete=models.PROTECT, related_name="+")
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    sources = models.JSONField(default=dict, blank=True, help_text="A merge: label -> first/second/union/both")
+    agreement = models.JSONField(default=dict)
+    mean_dice = models.FloatField(help_text="Between the readers, mean over the project's classes")
+    mean_hd95_mm = models.FloatField(null=True, blank=True, help_text="Over the classes both readers drew")
+    final_dice = models.JSONField(default=dict)
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_decision_display()} of cases {self.first_id}/{self.second_id}"

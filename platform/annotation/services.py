@@ -12,7 +12,7 @@ from datetime import timedelta
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Model, Q
+from django.db.models import Exists, Model, OuterRef, Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -122,24 +122,31 @@ def split_for(*, series_instance_uid: str, index: int) -> str:
     return next(split for upper, split in SPLIT_BUCKETS if bucket < upper)
 
 
+def read_twice(*, series_instance_uid: str, index: int, percent: int) -> bool:
+    """Whether a volume is one of the ``percent`` % a project reads twice: a pure function of its
+    identity (like the split, but drawn apart from it), so raising the share only adds volumes."""
+    bucket = int(hashlib.sha256(f"double-reading/{series_instance_uid}/{index}".encode()).hexdigest(), 16)
+    return bucket % 100 < percent
+
+
 @transaction.atomic
 def project_volumes_add(*, project: Project, volumes: Iterable[Volume], user: User | None) -> int:
-    """Add volumes to a project as new cases (volumes already in it are left alone); returns how many
-    were added."""
+    """Add volumes to a project as new cases (volumes already in it are left alone), two cases (readings
+    1 and 2) for the volumes the project reads twice; returns how many volumes were added."""
     volumes = list(volumes)
     present = set(
         Case.objects.filter(project=project, volume__in=volumes).values_list("volume_id", flat=True)
     )
-    new = [
-        Case(
-            project=project,
-            volume=v,
-            split=split_for(series_instance_uid=v.series.series_instance_uid, index=v.index),
-        )
-        for v in volumes
-        if v.id not in present
-    ]
+    new = []
+    for v in volumes:
+        if v.id in present:
+            continue
+        uid = v.series.series_instance_uid
+        split = split_for(series_instance_uid=uid, index=v.index)
+        twice = read_twice(series_instance_uid=uid, index=v.index, percent=project.double_reading_percent)
+        new += [Case(project=project, volume=v, split=split, reading=r) for r in ((1, 2) if twice else (1,))]
     Case.objects.bulk_create(new, ignore_conflicts=True)
+    new = [c for c in new if c.reading == 1]
     if new:
         audit_event(
             actor=user, action="project.add_volumes", obj=project, volume_ids=[c.volume_id for c in new]
@@ -233,8 +240,15 @@ def _holding(case: Case, user: User) -> CaseLock:
 def _editable(case: Case) -> None:
     if case.status == Case.Status.APPROVED:
         raise CaseStateError("This case is approved: its mask is frozen.")
+    if case.status == Case.Status.ADJUDICATED:
+        raise CaseStateError("This reading is closed: a reviewer kept the other reading or a merge.")
     if case.status == Case.Status.SUBMITTED:
         raise CaseStateError("This case is submitted and waits for review.")
+
+
+def _other_reading(case: Case):
+    """The other reading of a volume read twice (a queryset: empty for a volume read once)."""
+    return Case.objects.filter(project_id=case.project_id, volume_id=case.volume_id).exclude(pk=case.pk)
 
 
 @transaction.atomic
@@ -243,6 +257,12 @@ def case_take(*, case: Case, user: User) -> CaseLock:
     someone else's lease runs; an expired lease is free to take."""
     case = _locked_case(case)
     _editable(case)
+    other = _other_reading(case).filter(assignee=user).first()
+    if other is not None:
+        raise CaseStateError(
+            f"You read this volume already (case {other.id}, reading {other.reading}): the other reading "
+            "must be someone else's, so that the two are independent."
+        )
     now = timezone.now()
     lock = CaseLock.objects.filter(case=case).select_related("user").first()
     if lock is not None and lock.user_id != user.id and lock.expires_at > now:
@@ -300,7 +320,14 @@ def next_case_take(*, project: Project, user: User) -> Case | None:
             | Q(status__in=[Case.Status.IN_PROGRESS, Case.Status.REJECTED], assignee=user)
         )
         .filter(Q(lock__isnull=True) | Q(lock__expires_at__lte=now) | Q(lock__user=user))
-        .order_by("-score", "-id")
+        .exclude(  # the other reading of a volume this user reads
+            Exists(
+                Case.objects.filter(project=project, volume=OuterRef("volume"), assignee=user).exclude(
+                    pk=OuterRef("pk")
+                )
+            )
+        )
+        .order_by("-score", "reading", "-id")  # of a volume read twice, the first reading first
         .select_for_update(skip_locked=True, of=("self",))
         .first()
     )
@@ -529,6 +556,12 @@ def case_review(
     if decision == Review.Decision.REJECT and not comment:
         raise ApplicationError("Say why you reject it: the annotator gets your comment.")
     approve = decision == Review.Decision.APPROVE
+    if approve and _other_reading(case).exists():
+        raise CaseStateError(
+            "This volume is read twice: compare the two readings and keep one or merge them "
+            f"(/cases/{case.id}/compare/).",
+            extra={"compare": f"/cases/{case.id}/compare/"},
+        )
     override = _own_work_check(case=case, user=user, override_reason=override_reason) if approve else ""
     review = Review.objects.create(
         case=case,
