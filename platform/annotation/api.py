@@ -19,9 +19,10 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from annotation import selectors, services
-from annotation.errors import PayloadTooLargeError
+from annotation.errors import HiddenReadingError, PayloadTooLargeError
 from annotation.masks import delta_parse, labelmap_decode, volume_gzip_path
 from annotation.models import Case, MaskVersion, Review
+from annotation.readings.selectors import masks_hidden
 from common.api import Api, get_or_404
 from common.exceptions import ApplicationError
 from common.media import media_path
@@ -472,6 +473,11 @@ class VersionMaskApi(Api):
 
     def get(self, request, version_id: int):
         version = get_or_404(selectors.version_get, version_id=version_id)
+        if masks_hidden(case=version.case, user=request.user):
+            raise HiddenReadingError(
+                "This is another reader's mask of a volume read twice: readings stay apart until a reviewer "
+                "compares them."
+            )
         return _file(
             media_path(version.path),
             etag=version.sha256,

@@ -32,6 +32,12 @@ class SelfReviewError(ApplicationError):
     http_status = 403
 
 
+class HiddenReadingError(ApplicationError):
+    """Another reader's mask of a volume read twice, before a reviewer compared the two."""
+
+    http_status = 403
+
+
 class StaleVersionError(ApplicationError):
     """The client worked on a version that is no longer the head; ``extra['head']`` says which is."""
 

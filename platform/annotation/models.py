@@ -264,7 +264,9 @@ class Adjudication(models.Model):
     second_reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     result = models.ForeignKey(MaskVersion, on_delete=models.PROTECT, related_name="+")
     decision = models.CharField(max_length=8, choices=Decision.choices)
-    sources = models.JSONField(default=dict, blank=True, help_text="A merge: label -> first/second/union/both")
+    sources = models.JSONField(
+        default=dict, blank=True, help_text="A merge: label -> first/second/union/both"
+    )
     agreement = models.JSONField(default=dict)
     mean_dice = models.FloatField(help_text="Between the readers, mean over the project's classes")
     mean_hd95_mm = models.FloatField(null=True, blank=True, help_text="Over the classes both readers drew")

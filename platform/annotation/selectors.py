@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from accounts.models import User
@@ -21,6 +21,7 @@ _WORKLIST_FIELDS = (
     "id",
     "project_id",
     "status",
+    "reading",
     "split",
     "score",
     "score_reason",
@@ -136,6 +137,11 @@ def worklist_query(
             last_review_reviewer=Subquery(last.values("reviewer__username")[:1]),
             last_review_at=Subquery(last.values("created_at")[:1]),
             last_review_number=Subquery(last.values("version__number")[:1]),
+            read_twice=Exists(
+                Case.objects.filter(project=OuterRef("project"), volume=OuterRef("volume")).exclude(
+                    pk=OuterRef("pk")
+                )
+            ),
         )
         .order_by("-score", "-id")
     )

@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from annotation import selectors
 from annotation.models import Case
+from annotation.readings.selectors import masks_hidden, reading_pair
 from common.exceptions import ApplicationError
 from common.views import permission_required
 
@@ -73,10 +74,12 @@ def case_page(request, case_id: int):
     case = selectors.case_detail(case_id=case_id)
     if case is None:
         raise Http404
-    versions = list(case.versions.all())
+    hidden = masks_hidden(case=case, user=request.user)  # another reader's reading of a volume read twice
+    versions = [] if hidden else list(case.versions.all())
     head = versions[-1] if versions else None
     labels = [{"value": lb.value, "name": lb.name, "colour": lb.colour} for lb in case.project.labels.all()]
     lock = selectors.active_lock_holder(case)
+    pair = reading_pair(case=case)
     page_data = {
         "apiBase": reverse("api-projects").removesuffix("projects/"),
         "csrfToken": get_token(request),
@@ -93,7 +96,7 @@ def case_page(request, case_id: int):
         "head": {"id": head.id, "number": head.display_number} if head else None,
         "labels": labels,
         "lock": {"holder": lock[0], "expires_at": lock[1]} if lock else None,
-        "canAnnotate": request.user.has_perm("annotation.annotate_case"),
+        "canAnnotate": request.user.has_perm("annotation.annotate_case") and not hidden,
         "canReview": request.user.has_perm("annotation.review_case"),
         "interactiveModel": case.project.interactive_model,
         "caseUrl": _url_template("annotation-case"),
@@ -112,6 +115,8 @@ def case_page(request, case_id: int):
             "worklist_url": page_data["worklistUrl"],
             "page_data": page_data,
             "rejection": selectors.case_rejection(case),
-            "history": selectors.case_history(case),
+            "history": [] if hidden else selectors.case_history(case),
+            "hidden_reading": hidden,
+            "pair": pair,
         },
     )
