@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation.models import Project
+from annotation.readings.selectors import reader_agreement
 from annotation.selectors import project_get
 from annotation.services import project_intake_rule_set
 from common.exceptions import ApplicationError
@@ -55,6 +56,7 @@ def dashboard(request, project_id: int):
             "broker": selectors.broker_status(),
             "effort_weeks": selectors.effort_by_week(approved, activations),
             "effort_models": selectors.effort_by_model(approved, project=project),
+            "reader_agreement": reader_agreement(project=project),
             "page_data": {
                 "jobsUrl": reverse("api-project-jobs", args=[project.id]),
                 "pollSeconds": 2,

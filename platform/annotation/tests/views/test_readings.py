@@ -90,3 +90,22 @@ def test_the_reviewer_compares_the_readings_and_keeps_one(users, pair):
     second.refresh_from_db()
     assert (first.status, second.status) == ("approved", "adjudicated")
     assert client_for(users["annotator"]).get(f"/cases/{first.id}/compare/").status_code == 403
+
+
+def test_the_dashboard_reports_agreement_per_reader(users, pair):
+    from annotation.readings.services import readings_adjudicate
+
+    first, second = pair
+    admin = client_for(users["admin"])
+    dashboard = f"/projects/{first.project_id}/learning/"
+    assert "No double reading decided yet" in admin.get(dashboard).content.decode()
+    readings_adjudicate(
+        case=first,
+        user=users["reviewer"],
+        decision="second",
+        first_head_id=first.versions.get().id,
+        second_head_id=second.versions.get().id,
+    )
+    html = admin.get(dashboard).content.decode()
+    rows = re.findall(r'<tr data-reader="([^"]+)">.*?<td class="num final">([\d.]+)</td>', html, re.S)
+    assert rows == [("annotator", "0.900"), ("annotator2", "1.000")]  # the least agreeing first
