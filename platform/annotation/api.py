@@ -72,6 +72,7 @@ class CaseSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     project = serializers.IntegerField(source="project_id")
     status = serializers.CharField()
+    reading = serializers.IntegerField(help_text="1, or 2 for a volume's second, independent reading")
     split = serializers.CharField()
     score = serializers.FloatField()
     score_reason = serializers.CharField()

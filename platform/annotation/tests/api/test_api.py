@@ -308,6 +308,7 @@ def test_worklist_pages_and_bad_filters(as_user, project, make_volume):
         if page["next_cursor"] is None:
             break
         cursor = page["next_cursor"]
+        assert {c["reading"] for c in page["results"]} == {1}  # read once
     assert len(seen) == len(set(seen)) == 5
     assert client.get(f"/api/projects/{project.id}/worklist/", {"limit": 0}).status_code == 400
     assert client.get(f"/api/projects/{project.id}/worklist/", {"status": "x"}).status_code == 400
