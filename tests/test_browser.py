@@ -34,6 +34,7 @@ from accounts.services import user_create
 from annotation.masks import mask_read
 from annotation.models import Case, MaskVersion, Review
 from annotation.services import LabelSpec, project_create, project_volumes_add, volume_embeddings_compute
+from annotation.tests.conftest import make_volume  # noqa: F401 (a fixture)
 from annotator.celery import app
 from ml_worker.io.seg import seg_to_mask
 from pacs import dicomweb as dw
@@ -459,4 +460,154 @@ def test_annotate_review_and_export_in_the_browser(
     back, names = seg_to_mask(seg, sop_instance_uids=case.volume.sop_instance_uids, shape=shape)
     np.testing.assert_array_equal(back, mask_read(head.path))
     assert names == {ANTERIOR: "anterior", POSTERIOR: "posterior"}
+    assert not pages.page_errors, pages.page_errors
+
+
+# ---- review feedback, double reading, landing (issue 17): small synthetic volumes, no model --------------
+
+
+@pytest.fixture
+def team(db) -> dict[str, str]:
+    """Two annotators, a reviewer and an admin who log in with PASSWORD; usernames by name."""
+    roles = {"annotator": Role.ANNOTATOR, "annotator2": Role.ANNOTATOR, "reviewer": Role.REVIEWER}
+    roles["admin"] = Role.ADMIN
+    return {
+        name: user_create(username=f"{name}-br", role=role, password=PASSWORD)[0].username
+        for name, role in roles.items()
+    }
+
+
+@pytest.fixture
+def small_project(db, make_volume) -> Case:  # noqa: F811 (the fixture imported above)
+    """A two-class project of one synthetic 32x32x8 volume (ramp image), read once."""
+    project = project_create(name="Small (browser)", labels=LABELS, user=None, modality="MR")
+    project_volumes_add(project=project, volumes=[make_volume(shape=(32, 32, 8))], user=None)
+    return project
+
+
+def drawn(rows: int) -> np.ndarray:
+    """Anterior in `rows` rows of a block, posterior in another block."""
+    mask = np.zeros((32, 32, 8), np.uint8)
+    mask[8 : 8 + rows, 8:16, 2:6] = ANTERIOR
+    mask[20:26, 20:26, 2:6] = POSTERIOR
+    return mask
+
+
+def submit_as(project, username: str, mask: np.ndarray) -> Case:
+    from accounts.models import User
+    from annotation.services import Effort, case_submit, mask_version_create, next_case_take
+
+    user = User.objects.get(username=username)
+    case = next_case_take(project=project, user=user)
+    version = mask_version_create(case=case, user=user, parent=None, mask=mask, effort=Effort(seconds=30))
+    case_submit(case=case, user=user, version=version)
+    return case
+
+
+def log_in_here(page: Page, base: str, username: str) -> None:
+    """Log in from the login page itself, as a person does after opening the site."""
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("form.login button[type=submit]")
+    page.wait_for_load_state()
+
+
+# What a worklist filter's placeholder needs and what it has, in pixels.
+JS_PLACEHOLDERS = """() => [...document.querySelectorAll('.filters input[placeholder]')].map((el) => {
+  const cs = getComputedStyle(el); const ctx = document.createElement('canvas').getContext('2d');
+  ctx.font = cs.font;
+  return [el.name, ctx.measureText(el.placeholder).width, el.clientWidth - parseFloat(cs.paddingLeft)
+          - parseFloat(cs.paddingRight)];
+})"""
+
+
+def test_each_role_lands_on_its_work(live_server, team, small_project, pages):
+    base, project = live_server.url, small_project
+    landing = {
+        "admin": "/overview/",
+        "annotator": f"/projects/{project.id}/",
+        "reviewer": f"/projects/{project.id}/?status=submitted",
+    }
+    for name, path in landing.items():
+        page = pages.open(name)
+        log_in_here(page, base, team[name])
+        assert page.url == base + path, name
+        pages.shot(page, f"landing-{name}")
+        nav = page.inner_text("header.topbar nav")
+        assert ("Studies" in nav) == (name == "admin") and ("Overview" in nav) == (name == "admin")
+        if name == "annotator":  # the filters' placeholders are not cut off
+            for field, needs, has in page.evaluate(JS_PLACEHOLDERS):
+                assert needs <= has, (
+                    f"the {field} filter shows {has:.0f} of {needs:.0f} px of its placeholder"
+                )
+
+
+def test_a_rejection_comment_reaches_the_annotator(live_server, team, small_project, pages):
+    base, project = live_server.url, small_project
+    case = submit_as(project, team["annotator"], drawn(4))
+
+    reviewer = pages.open("reviewer")
+    log_in_here(reviewer, base, team["reviewer"])
+    reviewer.click(f"tr[data-case='{case.id}'] a[href='/cases/{case.id}/']")
+    wait_ready(reviewer)
+    reviewer.fill("#review-comment", "Anterior tail missing on slices 3-4")
+    reviewer.click("#reject")
+    reviewer.wait_for_function("() => /Rejected/.test(document.getElementById('lock-banner').textContent)")
+    pages.shot(reviewer, "rejected")
+
+    annotator = pages.open("annotator")
+    log_in_here(annotator, base, team["annotator"])
+    row = annotator.locator(f"tr[data-case='{case.id}']")
+    assert "Anterior tail missing on slices 3-4" in row.inner_text() and "rejected" in row.inner_text()
+    row.locator(f"a[href='/cases/{case.id}/']").click()
+    wait_ready(annotator)  # the annotator takes it again: the comment stays until they submit
+    banner = annotator.locator("#rejection-banner")
+    assert banner.is_visible() and "Anterior tail missing on slices 3-4" in banner.inner_text()
+    assert "Rejected version 1" in annotator.inner_text("#history")
+    pages.shot(annotator, "rejection-seen")
+    assert not pages.page_errors, pages.page_errors
+
+
+def test_double_reading_compared_and_agreement_reported(live_server, team, small_project, pages):
+    from annotation.readings.services import project_double_reading_set
+
+    base, project = live_server.url, small_project
+    project_double_reading_set(project=project, percent=100, user=None)
+    first = submit_as(project, team["annotator"], drawn(4))
+    second = submit_as(project, team["annotator2"], drawn(2))
+    assert (first.reading, second.reading) == (1, 2)
+
+    reader = pages.open("annotator")  # a reader does not see the other reading's mask
+    log_in_here(reader, base, team["annotator"])
+    reader.goto(f"{base}/cases/{second.id}/")
+    assert reader.locator("#hidden-reading").is_visible()
+
+    reviewer = pages.open("reviewer")
+    log_in_here(reviewer, base, team["reviewer"])
+    reviewer.click(f"tr[data-case='{first.id}'] a.compare")
+    reviewer.wait_for_url(f"{base}/cases/{first.id}/compare/")
+    assert reviewer.inner_text("tr[data-class='1'] td.dice") == "0.667"  # 64 and 32 voxels, 32 shared
+    assert reviewer.inner_text("tr[data-class='2'] td.dice") == "1.000"
+    reviewer.wait_for_function("() => document.getElementById('readings-picture').naturalWidth > 0")
+    pages.shot(reviewer, "compare")
+    reviewer.check("input[name=decision][value=second]")
+    reviewer.click("#adjudicate button[type=submit]")
+    reviewer.wait_for_selector("#adjudication")
+    assert "kept reading 2" in reviewer.inner_text("#adjudication")
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, second.status) == (Case.Status.ADJUDICATED, Case.Status.APPROVED)
+
+    admin = pages.open("admin")
+    log_in_here(admin, base, team["admin"])
+    admin.goto(f"{base}/projects/{project.id}/learning/")
+    rows = admin.locator("#reader-agreement tbody tr")
+    assert rows.count() == 2
+    assert rows.nth(0).get_attribute("data-reader") == team["annotator"]  # the least agreeing first
+    assert (
+        rows.nth(0).locator("td.final").inner_text() == "0.833"
+        and rows.nth(1).locator("td.final").inner_text() == "1.000"
+    )
+    pages.shot(admin, "agreement")
     assert not pages.page_errors, pages.page_errors
