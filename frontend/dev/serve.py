@@ -168,7 +168,14 @@ def fake_model(case: MockCase, body: dict) -> dict:
         mask = (mask | b) if click["positive"] else (mask & ~b)
     time.sleep(0.05)  # a model takes some time
     payload = base64.b64encode(gzip.compress(mask.astype(np.uint8).tobytes(order="F"))).decode()
-    return {"label": label, "mask": payload, "seconds": 0.05, "incremental": False, "model": "ground-truth"}
+    return {
+        "label": label,
+        "mask": payload,
+        "seconds": 0.05,
+        "incremental": False,
+        "model": "ground-truth",
+        "model_version": 1,
+    }
 
 
 class Handler(SimpleHTTPRequestHandler):

@@ -1,6 +1,8 @@
 """Drive the built viewer in headless Chromium against frontend/dev/serve.py and check what reaches the
 "server": the volume renders with its mask, voxel coordinates of clicks and boxes, brush + save (delta),
-undo/redo, the 409 dialog and its merge, effort counters, and a case held by someone else.
+undo/redo, the 409 dialog and its merge, effort counters, a case held by someone else, and the prompts
+drawn on the views (box outline, +/- markers on every plane through a click), taking back a click, the
+answering model's name and the crisp-voxels option.
 
     .venv/bin/python frontend/dev/smoke.py [--screenshot PATH] [--reorient]
 
@@ -227,6 +229,93 @@ def run(page: Page, base: str, reorient: bool, screenshot: Path | None) -> dict:
     return out
 
 
+# Pixels of a colour on the prompt-marks canvas within `r` CSS pixels of a page point (null: anywhere).
+JS_MARKS = """([point, r, colour]) => {
+  const c = document.querySelector("canvas.prompt-marks");
+  const rect = c.getBoundingClientRect();
+  const dpr = c.width / rect.width;
+  let [x0, y0, w, h] = [0, 0, c.width, c.height];
+  if (point) {
+    x0 = Math.max(0, Math.round((point[0] - rect.left - r) * dpr));
+    y0 = Math.max(0, Math.round((point[1] - rect.top - r) * dpr));
+    w = h = Math.round(2 * r * dpr);
+  }
+  const px = c.getContext("2d").getImageData(x0, y0, w, h).data;
+  let n = 0;
+  for (let p = 0; p < px.length; p += 4) {
+    const d = Math.abs(px[p] - colour[0]) + Math.abs(px[p + 1] - colour[1]) + Math.abs(px[p + 2] - colour[2]);
+    if (px[p + 3] > 200 && d < 60) n++;
+  }
+  return n;
+}"""
+POSITIVE, NEGATIVE, BOX = (255, 255, 255), (255, 92, 240), (79, 209, 255)  # marks.ts MARK_STYLE
+
+
+def marks(page: Page, colour, near: tuple[float, float] | None = None, r: float = 10) -> int:
+    return page.evaluate(JS_MARKS, [list(near) if near else None, r, list(colour)])
+
+
+def run_prompts(page: Page, base: str) -> dict:
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{base}/dev/case/1/")
+    page.wait_for_selector("body[data-viewer-ready]", timeout=60_000)
+    lab = truth(False)
+    shown = native_mask(page)
+    target = np.argwhere(lab == 1)
+    ijk = target[len(target) // 2]
+    check(marks(page, POSITIVE) == 0 and marks(page, BOX) == 0, "no prompts drawn before any")
+
+    # a positive click: its marker on every 2D view (each shows the clicked voxel's plane), and the box
+    # the client derived around the class drawn too
+    page.keyboard.press("1")
+    page.keyboard.press("c")
+    page.mouse.click(*point(page, ijk))
+    page.wait_for_function("() => window.annotator.metrics.modelCalls.length === 1", timeout=30_000)
+    after_click = native_mask(page)
+    for view in range(3):
+        check(marks(page, POSITIVE, point(page, ijk, view)) > 10, f"the + marker is on view {view}")
+    check(marks(page, BOX) > 50, "the box is outlined")
+    answer = page.inner_text("#model-answer")
+    check(answer == "answered by ground-truth v1", f"the answering model is named: {answer!r}")
+
+    # scrolled to another plane, a view no longer shows the marker
+    away = ijk.copy()
+    axis = page.evaluate("() => window.annotator.page.viewer.orientation.rasAxis.indexOf(2)")
+    away[axis] = target[:, axis].max() + 3 if target[:, axis].max() + 3 < lab.shape[axis] else 0
+    check(
+        marks(page, POSITIVE, point(page, np.where(np.arange(3) == axis, away, ijk), 0)) == 0,
+        "an axial slice without the click shows no marker",
+    )
+
+    # a negative click on the class's edge carves it; Backspace takes it back without asking the model
+    edge = target[0]
+    page.keyboard.press("v")
+    q = point(page, edge)
+    page.mouse.click(*q)
+    page.wait_for_function("() => window.annotator.metrics.modelCalls.length === 2", timeout=30_000)
+    check(marks(page, NEGATIVE, point(page, edge)) > 5, "the - marker is drawn")
+    check(not np.array_equal(native_mask(page), after_click), "the negative click changed the mask")
+    page.keyboard.press("Backspace")
+    check(np.array_equal(native_mask(page), after_click), "taking the click back restores the mask before it")
+    check(marks(page, NEGATIVE, point(page, edge)) == 0, "its marker is gone")
+    page.keyboard.press("Backspace")
+    check(np.array_equal(native_mask(page), shown), "and the first click's answer is undone too")
+    calls = page.evaluate("() => window.annotator.metrics.modelCalls.length")
+    check(calls == 2, f"undoing clicks asked the model nothing: {calls} calls")
+    sent = [e for e in get_json(f"{base}/dev/log/1") if e["action"] == "interactive"]
+    check(len(sent) == 2, f"two requests reached the server: {len(sent)}")
+
+    # crisp voxels: nearest-neighbour display, remembered for the next case
+    page.check("#crisp")
+    check(page.evaluate("() => window.annotator.page.viewer.nv.opts.isNearestInterpolation"), "crisp is on")
+    page.reload()
+    page.wait_for_selector("body[data-viewer-ready]", timeout=60_000)
+    check(page.is_checked("#crisp"), "crisp voxels are remembered")
+    check(not errors, f"page errors: {errors}")
+    return {"model_answer": answer, "model_calls": calls}
+
+
 def run_autosave(page: Page, base: str) -> dict:
     page.goto(f"{base}/dev/case/1/")
     page.wait_for_selector("body[data-viewer-ready]", timeout=60_000)
@@ -269,6 +358,10 @@ def main() -> None:
             with mock_server("--autosave", "3600", *(["--reorient"] if args.reorient else [])) as base:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 result["case"] = run(page, base, args.reorient, args.screenshot)
+            with mock_server("--autosave", "3600") as base:
+                result["prompts"] = run_prompts(
+                    browser.new_page(viewport={"width": 1400, "height": 900}), base
+                )
             with mock_server("--autosave", "2") as base:
                 result["autosave"] = run_autosave(
                     browser.new_page(viewport={"width": 1200, "height": 800}), base

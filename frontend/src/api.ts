@@ -75,6 +75,8 @@ export interface InteractiveResult {
   /** Only the newest click was decoded (the worker still held this interaction). */
   incremental: boolean;
   model: string;
+  /** The project's model version that answered; absent or null for a model without versions. */
+  model_version?: number | string | null;
 }
 
 export class ApiError extends Error {

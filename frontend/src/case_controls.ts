@@ -23,6 +23,7 @@ export interface CaseActions {
   nextCase(): void;
   review(decision: Decision): void;
   clearPrompts(): void;
+  undoClick(): void;
   status(text: string): void;
 }
 
@@ -67,6 +68,15 @@ export function bindControls(page: CaseActions): void {
   });
   const layout = $("layout") as HTMLSelectElement;
   layout.addEventListener("change", () => viewer.setLayout(layout.value as Layout));
+  const crisp = document.getElementById("crisp") as HTMLInputElement | null;
+  if (crisp) {
+    crisp.checked = viewer.crisp;
+    crisp.addEventListener("change", () => {
+      viewer.setCrisp(crisp.checked);
+      rememberCrisp(crisp.checked);
+    });
+  }
+  document.getElementById("undo-click")?.addEventListener("click", () => page.undoClick());
   $("undo").addEventListener("click", () => page.undo());
   $("redo").addEventListener("click", () => page.redo());
   $("save").addEventListener("click", () => page.save());
@@ -139,8 +149,30 @@ function runAction(page: CaseActions, action: Action): void {
     case "clear-prompts":
       page.clearPrompts();
       break;
+    case "undo-click":
+      page.undoClick();
+      break;
     case "help":
       $("help").classList.toggle("collapsed");
       break;
+  }
+}
+
+const CRISP_KEY = "annotator:crisp";
+
+/** The annotator's choice of crisp voxels, kept in this browser for every case. */
+export function crispRemembered(): boolean {
+  try {
+    return globalThis.localStorage?.getItem(CRISP_KEY) === "1";
+  } catch {
+    return false;
+  }
+}
+
+function rememberCrisp(crisp: boolean): void {
+  try {
+    globalThis.localStorage?.setItem(CRISP_KEY, crisp ? "1" : "0");
+  } catch {
+    /* storage disabled: the choice lasts this page */
   }
 }

@@ -10,7 +10,7 @@
  */
 
 import { Api, ApiError, type Lock } from "./api";
-import { bindControls, renderControls, type CaseActions } from "./case_controls";
+import { bindControls, crispRemembered, renderControls, type CaseActions } from "./case_controls";
 import { showEffortEverySecond, trackEffort } from "./case_effort";
 import { CaseLock } from "./case_lock";
 import { CasePrompts, MODEL_CALL } from "./case_prompts";
@@ -145,6 +145,11 @@ export class CasePage implements CaseActions {
       throw err;
     }
     this.versions.loaded();
+    if (crispRemembered()) {
+      this.viewer.setCrisp(true);
+      const crisp = document.getElementById("crisp") as HTMLInputElement | null;
+      if (crisp) crisp.checked = true;
+    }
     ($("window-preset") as HTMLSelectElement).value = this.viewer.preset.key;
     ($("layout") as HTMLSelectElement).value = this.viewer.layout;
     if (this.viewer.softwareGL) {
@@ -235,6 +240,10 @@ export class CasePage implements CaseActions {
 
   clearPrompts(): void {
     this.prompts.clear();
+  }
+
+  undoClick(): void {
+    if (this.editable) this.prompts.undoClick();
   }
 
   // ---- the case's way: save, submit, next, review -------------------------------------------------

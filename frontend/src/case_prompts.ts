@@ -1,7 +1,11 @@
 /**
  * Model prompts of the case page and the calls they make: per class, one box and the clicks since
  * (see prompts.ts), sent to the interactive model one request at a time; prompts given while a request
- * runs go together in the next one. The answer replaces the class's voxels (one undo step).
+ * runs go together in the next one. The answer replaces the class's voxels (one undo step); the viewer
+ * draws the current class's prompts, and the tools say which model (and version) answered.
+ *
+ * Taking back the last click (Backspace) restores the mask from before its answer when that answer is
+ * still the newest edit, and otherwise asks the model again with the prompts that remain.
  */
 
 import type { Api, ClickPrompt } from "./api";
@@ -9,7 +13,7 @@ import type { CaseLock } from "./case_lock";
 import { $, type Notices, type PageMetrics, fmtBytes } from "./case_ui";
 import type { EffortCounter } from "./effort";
 import { classMaskFrom, labelBox } from "./labelmap";
-import { type DrawnBox, type PromptSession, describeBox, mergeBox, padBox } from "./prompts";
+import { type DrawnBox, type PromptSession, answeredBy, describeBox, mergeBox, padBox } from "./prompts";
 import type { Viewer } from "./viewer";
 
 export interface PromptsContext {
@@ -27,10 +31,19 @@ export interface PromptsContext {
 
 export const MODEL_CALL = "The model call";
 
+/** A model answer of a class: after how many clicks, the undo step it made (0 when it changed nothing). */
+interface Answer {
+  clicks: number;
+  step: number;
+  /** The drawing's newest undo step right after the answer. */
+  top: number;
+}
+
 export class CasePrompts {
   private sessions = new Map<number, PromptSession>();
   private busy = false;
   private queued: number | null = null;
+  private answers = new Map<number, Answer[]>();
 
   constructor(private readonly ctx: PromptsContext) {}
 
@@ -49,6 +62,7 @@ export class CasePrompts {
     const label = this.ctx.viewer.penValue;
     const previous = this.sessions.get(label)?.box ?? null;
     this.sessions.set(label, { box: mergeBox(previous, drawn), clicks: [] });
+    this.answers.delete(label);
     this.show();
     void this.call(label);
   }
@@ -72,15 +86,45 @@ export class CasePrompts {
     void this.call(label);
   }
 
+  /**
+   * Take back the current class's last click: its answer is undone when it is still the drawing's newest
+   * step (no call needed), else the model answers the prompts that remain.
+   */
+  undoClick(): void {
+    const { viewer, notices, labelName } = this.ctx;
+    const label = viewer.penValue;
+    const s = this.sessions.get(label);
+    const click = s?.clicks.pop();
+    if (!s || !click) {
+      notices.status(`No click of ${labelName(label)} to take back.`);
+      return;
+    }
+    this.show();
+    const answers = this.answers.get(label) ?? [];
+    const last = answers.at(-1);
+    const history = viewer.history;
+    if (!this.busy && last && last.clicks === s.clicks.length + 1 && last.top === history.top) {
+      answers.pop();
+      if (last.step !== 0) viewer.undo();
+      notices.status(`Took back the last ${click.positive ? "positive" : "negative"} click of ${labelName(label)}.`, "ok");
+      return;
+    }
+    this.answers.delete(label);
+    void this.call(label);
+  }
+
   /** Forget the current class's prompts (Esc). */
   clear(): void {
     this.sessions.delete(this.ctx.viewer.penValue);
+    this.answers.delete(this.ctx.viewer.penValue);
     this.show();
   }
 
   /** Forget every class's prompts (another version became the head). */
   clearAll(): void {
     this.sessions.clear();
+    this.answers.clear();
+    this.show();
   }
 
   /** Say what the current class's prompts are. */
@@ -88,6 +132,7 @@ export class CasePrompts {
     const { viewer, labelName } = this.ctx;
     const s = this.sessions.get(viewer.penValue);
     const name = labelName(viewer.penValue);
+    viewer.showPrompts(s ?? null);
     if (!s || (!s.box && s.clicks.length === 0)) {
       $("prompt-state").textContent = `No prompts for ${name} yet: draw a box (x) or click (c/v).`;
       return;
@@ -119,7 +164,13 @@ export class CasePrompts {
       const clicks = [...s.clicks];
       const { result, bytesSent } = await lock.withLock(() => api.interactive(caseId, { label, box, clicks }));
       const cm = classMaskFrom(viewer.o, result.label ?? label, result.mask);
+      const before = viewer.history.top;
       const voxels = viewer.applyClassMask(cm);
+      const top = viewer.history.top;
+      const answers = this.answers.get(label) ?? [];
+      answers.push({ clicks: clicks.length, step: top === before ? 0 : top, top });
+      this.answers.set(label, answers);
+      this.showAnswer(result.model, result.model_version);
       const ms = performance.now() - t0;
       metrics.modelCalls.push({ ms, bytesSent, voxels, label });
       notices.status(
@@ -128,6 +179,7 @@ export class CasePrompts {
         "ok",
       );
     } catch (err) {
+      this.answers.delete(label);
       this.ctx.failure(err, MODEL_CALL);
     } finally {
       this.busy = false;
@@ -136,5 +188,13 @@ export class CasePrompts {
       this.queued = null;
       if (queued !== null) void this.call(queued);
     }
+  }
+
+  /** "answered by <model> v<version>" beside the tools. */
+  private showAnswer(model: string | undefined, version: number | string | null | undefined): void {
+    const el = document.getElementById("model-answer");
+    if (!el) return;
+    el.textContent = answeredBy(model, version);
+    el.hidden = !el.textContent;
   }
 }

@@ -5,6 +5,8 @@
  */
 
 interface Edit {
+  /** Unique within the history: tells whether the newest undo step is still a given one. */
+  id: number;
   index: Uint32Array;
   before: Uint8Array;
   after: Uint8Array;
@@ -15,6 +17,7 @@ export class DrawHistory {
   private undos: Edit[] = [];
   private redos: Edit[] = [];
   private storedVoxels = 0;
+  private serial = 0;
 
   /** maxEdits: undo depth; maxVoxels: how many changed voxels all undo steps may hold together. */
   constructor(
@@ -38,6 +41,11 @@ export class DrawHistory {
     return this.redos.length > 0;
   }
 
+  /** The id of the step `undo` would take back (0 when none): what a caller records to recognise it later. */
+  get top(): number {
+    return this.undos.at(-1)?.id ?? 0;
+  }
+
   /** Record what changed in `bitmap` since the last commit as one undo step; false when nothing did. */
   commit(bitmap: Uint8Array): boolean {
     if (bitmap.length !== this.snapshot.length) {
@@ -48,7 +56,12 @@ export class DrawHistory {
     let n = 0;
     for (let v = 0; v < bitmap.length; v++) if (bitmap[v] !== snap[v]) n++;
     if (n === 0) return false;
-    const edit: Edit = { index: new Uint32Array(n), before: new Uint8Array(n), after: new Uint8Array(n) };
+    const edit: Edit = {
+      id: ++this.serial,
+      index: new Uint32Array(n),
+      before: new Uint8Array(n),
+      after: new Uint8Array(n),
+    };
     let e = 0;
     for (let v = 0; v < bitmap.length; v++) {
       if (bitmap[v] !== snap[v]) {

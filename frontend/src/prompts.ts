@@ -45,3 +45,49 @@ export function padBox(box: { lo: Vec3; hi: Vec3 }, dims: Vec3, margin = 2): Box
 export function describeBox(box: BoxPrompt): string {
   return ["i", "j", "k"].map((a, n) => `${a} ${box.lo[n]}–${box.hi[n]}`).join(", ");
 }
+
+/** What a 2D view shows of a class's prompts: the box where its slice crosses it, the clicks on its slice. */
+export interface SlicePrompts {
+  /** The box's section on the slice, in native voxels (`lo[normal] === hi[normal] === slice`). */
+  box: BoxPrompt | null;
+  clicks: ClickPrompt[];
+}
+
+/** The prompts a view looking along native axis `normal` at slice `slice` shows. */
+export function promptsOnSlice(session: PromptSession | null, normal: number, slice: number): SlicePrompts {
+  if (!session) return { box: null, clicks: [] };
+  const b = session.box;
+  let box: BoxPrompt | null = null;
+  if (b && b.lo[normal] <= slice && slice <= b.hi[normal]) {
+    const lo: Vec3 = [...b.lo];
+    const hi: Vec3 = [...b.hi];
+    lo[normal] = hi[normal] = slice;
+    box = { lo, hi };
+  }
+  return { box, clicks: session.clicks.filter((c) => c.ijk[normal] === slice) };
+}
+
+/**
+ * The four corners of a box's section on a slice, on the outer edges of its voxels (native voxel
+ * coordinates, half a voxel out from the corner voxels' centres along the two in-plane axes), in order
+ * around the outline.
+ */
+export function outlineCorners(box: BoxPrompt, normal: number): Vec3[] {
+  const [a, b] = [0, 1, 2].filter((n) => n !== normal);
+  const at = (u: number, v: number): Vec3 => {
+    const p: Vec3 = [0, 0, 0];
+    p[normal] = box.lo[normal];
+    p[a] = u;
+    p[b] = v;
+    return p;
+  };
+  const [a0, a1] = [box.lo[a] - 0.5, box.hi[a] + 0.5];
+  const [b0, b1] = [box.lo[b] - 0.5, box.hi[b] + 0.5];
+  return [at(a0, b0), at(a1, b0), at(a1, b1), at(a0, b1)];
+}
+
+/** Which model answered, as the tools show it: "answered by litemedsam v3" (no version: the name alone). */
+export function answeredBy(model: string | null | undefined, version?: number | string | null): string {
+  if (!model) return "";
+  return version === null || version === undefined || version === "" ? `answered by ${model}` : `answered by ${model} v${version}`;
+}

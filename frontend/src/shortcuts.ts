@@ -15,6 +15,7 @@ export type Action =
   | { kind: "cycle-window" }
   | { kind: "cycle-layout" }
   | { kind: "clear-prompts" }
+  | { kind: "undo-click" }
   | { kind: "help" };
 
 export interface KeyLike {
@@ -35,6 +36,7 @@ export const SHORTCUTS: readonly [string, string][] = [
   ["x", "box prompt: drag a box around the structure"],
   ["c", "positive click prompt (shift+click: negative)"],
   ["v", "negative click prompt (shift+click: positive)"],
+  ["Backspace", "take back the last click of the current class (its mask too)"],
   ["Esc", "forget the prompts of the current class"],
   ["Ctrl+Z", "undo"],
   ["Ctrl+Shift+Z, Ctrl+Y", "redo"],
@@ -90,6 +92,8 @@ export function actionForKey(e: KeyLike): Action | null {
       return { kind: "next-case" };
     case "Escape":
       return { kind: "clear-prompts" };
+    case "Backspace":
+      return { kind: "undo-click" };
     case "?":
       return { kind: "help" };
     default:

@@ -4,6 +4,8 @@
  *
  * - brush/eraser: NiiVue's own pen (setDrawingEnabled, setPenValue, opts.penSize);
  * - box and click prompts: mouse events are taken before NiiVue sees them and turned into voxel prompts;
+ *   the current class's prompts are drawn over every 2D view that shows them (marks.ts), after each frame;
+ * - crisp voxels: nearest-neighbour display of the image (the label map is always drawn nearest);
  * - undo/redo: DrawHistory diffs of the drawing bitmap (NiiVue's drawUndo has no redo).
  *
  * The drawing bitmap is in NiiVue's RAS order; `orientation` converts to the server's NIfTI order.
@@ -15,6 +17,7 @@ import type { ClickPrompt } from "./api";
 import { WINDOW_PRESETS, labelColormap, type LabelClass, type WindowPreset } from "./display";
 import { DrawHistory } from "./history";
 import { type ClassMask, replaceClass } from "./labelmap";
+import { drawSlicePrompts, mmToTile } from "./marks";
 import {
   type Orientation,
   type Vec3,
@@ -25,7 +28,7 @@ import {
   orientationFrom,
   rasToNative,
 } from "./orientation";
-import type { DrawnBox } from "./prompts";
+import { type DrawnBox, type PromptSession, outlineCorners, promptsOnSlice } from "./prompts";
 import type { Tool } from "./shortcuts";
 
 export const LAYOUTS = ["multi3d", "multi", "axial", "coronal", "sagittal", "render"] as const;
@@ -63,7 +66,11 @@ export class Viewer {
   softwareGL = false;
   preset: WindowPreset = WINDOW_PRESETS[0];
   editable = true;
+  /** Nearest-neighbour display of the image voxels. */
+  crisp = false;
   private boxEl: HTMLDivElement;
+  private marksEl: HTMLCanvasElement;
+  private prompts: PromptSession | null = null;
   private press: { x: number; y: number; tile: number; shift: boolean } | null = null;
 
   constructor(
@@ -98,6 +105,17 @@ export class Viewer {
     this.boxEl.className = "prompt-box";
     this.boxEl.hidden = true;
     host.appendChild(this.boxEl);
+    this.marksEl = document.createElement("canvas");
+    this.marksEl.className = "prompt-marks";
+    this.marksEl.setAttribute("aria-hidden", "true");
+    host.appendChild(this.marksEl);
+    // the prompt marks follow every frame NiiVue draws (slice scrolled, crosshair moved, zoom, resize)
+    const drawScene = this.nv.drawScene.bind(this.nv);
+    this.nv.drawScene = () => {
+      const out = drawScene();
+      this.drawMarks();
+      return out;
+    };
     // capture phase on the host: prompt tools see the mouse before NiiVue's canvas listeners do
     host.addEventListener("mousedown", (e) => this.promptDown(e), true);
     host.addEventListener("mousemove", (e) => this.promptMove(e), true);
@@ -284,6 +302,50 @@ export class Viewer {
     if (this.nv.back) {
       this.nv.refreshColormaps();
       this.nv.drawScene();
+    }
+  }
+
+  /** Nearest-neighbour (crisp voxels) or linear display of the image. */
+  setCrisp(crisp: boolean): void {
+    this.crisp = crisp;
+    this.nv.setInterpolation(crisp);
+  }
+
+  /** The prompts to draw (the current class's), or null for none. */
+  showPrompts(session: PromptSession | null): void {
+    this.prompts = session;
+    this.drawMarks();
+  }
+
+  /** Draw the prompts over each 2D view: the box where the view's slice crosses it, the clicks on that slice. */
+  private drawMarks(): void {
+    const el = this.marksEl;
+    if (el.width !== this.canvas.width || el.height !== this.canvas.height) {
+      el.width = this.canvas.width;
+      el.height = this.canvas.height;
+    }
+    const ctx = el.getContext("2d");
+    if (!ctx) return;
+    ctx.clearRect(0, 0, el.width, el.height);
+    const session = this.prompts;
+    if (!session || !this.orientation || !this.nv.back) return;
+    const o = this.orientation;
+    const crosshair = this.crosshairVoxel();
+    const dpr = this.nv.uiData.dpr || 1;
+    for (const tile of this.nv.screenSlices) {
+      if (tile.axCorSag > 2 || tile.leftTopMM.length < 2 || tile.fovMM.length < 2) continue;
+      const normal = nativeAxisOfView(o, tile.axCorSag);
+      const marks = promptsOnSlice(session, normal, crosshair[normal]);
+      if (!marks.box && marks.clicks.length === 0) continue;
+      const toCanvas = (ijk: readonly number[]) =>
+        mmToTile(tile, this.nv.frac2mm(this.nv.vox2frac(nativeToRas(o, ijk))));
+      ctx.save();
+      const [left, top, width, height] = tile.leftTopWidthHeight;
+      ctx.beginPath();
+      ctx.rect(Math.min(left, left + width), top, Math.abs(width), height);
+      ctx.clip();
+      drawSlicePrompts(ctx, marks, marks.box ? outlineCorners(marks.box, normal) : null, toCanvas, dpr);
+      ctx.restore();
     }
   }
 

@@ -52,3 +52,25 @@ test("the undo depth is bounded", () => {
   assert.equal(n, 3);
   assert.deepEqual([...bitmap], [1, 1, 1, 0, 0, 0, 0, 0]);
 });
+
+test("the top step names the newest edit: undo uncovers the one before, a no-op commit keeps it", () => {
+  const h = new DrawHistory();
+  const bitmap = new Uint8Array(4);
+  h.reset(bitmap);
+  assert.equal(h.top, 0);
+  bitmap[0] = 1;
+  h.commit(bitmap);
+  const first = h.top;
+  bitmap[1] = 2;
+  h.commit(bitmap);
+  const second = h.top;
+  assert.ok(first > 0 && second !== first);
+  assert.equal(h.commit(bitmap), false);
+  assert.equal(h.top, second);
+  h.undo(bitmap);
+  assert.equal(h.top, first);
+  h.redo(bitmap);
+  assert.equal(h.top, second);
+  h.reset(bitmap);
+  assert.equal(h.top, 0);
+});
