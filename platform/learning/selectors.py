@@ -13,6 +13,7 @@ from datetime import date, datetime
 from django.db.models import QuerySet
 
 from annotation.models import AuditEvent, Case, MaskVersion, Project, Review
+from common.exceptions import ApplicationError
 from learning.models import Job, LearningPolicy, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,95 @@ class VersionRow:
 def policy_of(*, project: Project) -> LearningPolicy:
     """The project's learning policy, or the default one (unsaved) when none was stored yet."""
     return LearningPolicy.objects.filter(project=project).first() or LearningPolicy(project=project)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What an adaptation round started now would do, said before it starts: the method it trains (a
+    first round without a base checkpoint trains ``full`` whatever was asked), what it starts from, the
+    approved cases it learns from and is judged on, and whether its model can be judged at all."""
+
+    requested: str
+    trains: str
+    start: str
+    n_train: int
+    n_validation: int
+    judged: bool
+    judgement: str  # how the model is judged, or why it cannot be
+    problem: str = ""  # why the round would fail at once ("" when it can run)
+
+    @property
+    def summary(self) -> str:
+        if self.trains == self.requested:
+            what = f"Trains {self.trains} from {self.start}"
+        else:
+            what = (
+                f"Trains {self.trains} (a first round, from {self.start}; {self.requested} applies from the "
+                "next round)"
+            )
+        plural = "" if self.n_train == 1 else "s"
+        return f"{what} on {self.n_train} approved train case{plural}; {self.judgement}."
+
+
+def adaptation_plan(*, project: Project, method: str = "", base_checkpoint: str = "") -> RoundPlan:
+    """The RoundPlan of a round with ``method`` (default: the policy's; an unknown one raises
+    ApplicationError) started now. The rules are the
+    round's own (learning.services.adaptation_run) and the validation gate's (ml_worker.adaptation.gate):
+    a first model must have at least one approved validation case to meet the floor, a later one enough
+    paired cases for the signed-rank test at the policy's alpha."""
+    from ml_worker.adaptation.gate import min_cases
+    from ml_worker.adaptation.peft import get_method
+
+    policy = policy_of(project=project)
+    requested = method or policy.method
+    try:
+        get_method("native3d", requested)
+    except (KeyError, ValueError) as exc:
+        raise ApplicationError(str(exc).strip("'\"")) from None
+    active = ModelVersion.objects.filter(project=project, state=ModelVersion.State.ACTIVE).first()
+    approved = (
+        Review.objects.filter(
+            case__project=project, case__status=Case.Status.APPROVED, decision=Review.Decision.APPROVE
+        )
+        .values_list("case_id", "case__split")
+        .distinct()
+    )
+    splits = defaultdict(set)
+    for case_id, split in approved:
+        splits[split].add(case_id)
+    n_train, n_validation = len(splits[Case.Split.TRAIN]), len(splits[Case.Split.VALIDATION])
+    named = base_checkpoint or ("" if active is not None else policy.base_checkpoint)
+    if named:
+        trains, start = requested, f"the base checkpoint {named}"
+    elif active is not None:
+        trains, start = requested, f"the active model v{active.number}"
+    else:
+        trains = "full"
+        start = "the site's pretrained weights" if policy.pretrained else "a fresh initialisation"
+    cases = f"{n_validation} approved validation case{'' if n_validation == 1 else 's'}"
+    if active is None:
+        judged = n_validation >= 1
+        judgement = (
+            f"judged on {cases} against the first-model floor (mean Dice {policy.first_floor})"
+            if judged
+            else "it cannot be judged: there is no approved case in the locked validation split, so the "
+            "model it makes can be neither checked nor promoted"
+        )
+    else:
+        needed = min_cases(policy.alpha)
+        judged = n_validation >= needed
+        verb = "is" if n_validation == 1 else "are"
+        judgement = (
+            f"judged against v{active.number} on {cases}"
+            if judged
+            else f"it cannot be judged: comparing it with v{active.number} needs at least {needed} approved "
+            f"validation cases (paired test at alpha {policy.alpha}) and there {verb} {n_validation}; the "
+            "model it makes stays a candidate that cannot be promoted"
+        )
+    problem = (
+        "" if n_train else "No approved mask in the train split yet: approve some cases before adapting."
+    )
+    return RoundPlan(requested, trains, start, n_train, n_validation, judged, judgement, problem)
 
 
 def _lineage(version: ModelVersion, by_id: dict[int, ModelVersion]) -> str:
@@ -148,6 +238,11 @@ def model_activations(*, project: Project) -> list[Activation]:
 def jobs_recent(*, project: Project, limit: int = 20) -> QuerySet[Job]:
     """The project's latest jobs, newest first."""
     return Job.objects.filter(project=project).select_related("created_by").order_by("-id")[:limit]
+
+
+def adaptation_unfinished(*, project: Project) -> Job | None:
+    """The adaptation round queued or running for ``project`` (a new request joins it), if any."""
+    return Job.objects.filter(project=project, kind=Job.Kind.ADAPT, state__in=Job.UNFINISHED).first()
 
 
 def job_get(*, job_id: int) -> Job | None:

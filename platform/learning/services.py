@@ -406,11 +406,18 @@ def adaptation_start(
     """Queue an adaptation round (queue train) with `method` (default: the project's); joins the round
     already queued or running. `base_checkpoint`: start from this native 3D checkpoint file instead of
     the active model (e.g. a site's pretrained network)."""
+    from learning.selectors import adaptation_plan
+
     policy = policy_get(project)
+    requested = _check_method(method or policy.method)
+    plan = adaptation_plan(project=project, method=requested, base_checkpoint=base_checkpoint)
     params = {
-        "method": _check_method(method or policy.method),
+        "method": requested,
         "approved": len(approved_versions(project)),
         "trigger": trigger,
+        # what the round will do, as said beforehand: the dashboard shows it until the round reports
+        "trains": plan.trains,
+        "judged": plan.judged,
     }
     if base_checkpoint:
         params["base_checkpoint"] = base_checkpoint

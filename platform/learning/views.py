@@ -53,6 +53,7 @@ def dashboard(request, project_id: int):
             "jobs": jobs,
             "methods": selectors.peft_methods(),
             "approved_now": len(approved),
+            "plan": selectors.adaptation_plan(project=project),
             "broker": selectors.broker_status(),
             "effort_weeks": selectors.effort_by_week(approved, activations),
             "effort_models": selectors.effort_by_model(approved, project=project),
@@ -108,16 +109,33 @@ def _version(project: Project, version_id: int):
 @permission_required(PERMISSION)
 @require_POST
 def adaptation_start(request, project_id: int):
+    """Retrain now. A round whose model could not be judged (too few approved validation cases) starts
+    only once the admin confirms it on a page that says so; one that cannot run at all does not start."""
     project = _project(project_id)
+    method = request.POST.get("method", "").strip()
+    try:
+        plan = selectors.adaptation_plan(project=project, method=method)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return redirect("learning-dashboard", project_id=project.id)
+    joining = selectors.adaptation_unfinished(project=project)
+    if joining is None and plan.problem:
+        messages.error(request, plan.problem)
+        return redirect("learning-dashboard", project_id=project.id)
+    if joining is None and not plan.judged and request.POST.get("confirm") != "1":
+        return render(request, "learning/retrain_confirm.html", {"project": project, "plan": plan})
 
     def start() -> str:
         job, created = services.adaptation_start(
-            project=project, user=request.user, method=request.POST.get("method", "").strip(), trigger="admin"
+            project=project, user=request.user, method=method, trigger="admin"
         )
-        method = job.params.get("method", "")
         if created:
-            return f"Adaptation round queued as job {job.id} ({method})."
-        return f"An adaptation round is {job.state} already (job {job.id}, {method}): your request joined it."
+            return f"Adaptation round queued as job {job.id}. {plan.summary}"
+        trains = job.params.get("trains") or job.params.get("method", "")
+        return (
+            f"An adaptation round is {job.state} already (job {job.id}, trains {trains}): "
+            "your request joined it."
+        )
 
     return _act(request, project, start)
 

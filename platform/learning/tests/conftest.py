@@ -99,6 +99,28 @@ def hippo_project(users, make_volume):  # noqa: F811 (the fixtures imported abov
     return make
 
 
+@pytest.fixture
+def approved_case(users, make_volume):  # noqa: F811 (the fixtures imported above)
+    """approved_case(project, split) -> a new case of a small synthetic volume in ``split``, saved and
+    submitted by the annotator and approved by the reviewer through the annotation services."""
+    from annotation.tests.helpers import SHAPE
+
+    def make(project, split: str) -> Case:
+        project_volumes_add(project=project, volumes=[make_volume()], user=None)
+        case = Case.objects.filter(project=project).order_by("-id").first()
+        Case.objects.filter(pk=case.pk).update(split=split)
+        case.refresh_from_db()
+        case_take(case=case, user=users["annotator"])
+        mask = np.zeros(SHAPE, dtype=np.uint8)
+        mask[2:5, 2:5, 1:3] = 1
+        version = mask_version_create(case=case, user=users["annotator"], parent=None, mask=mask)
+        case_submit(case=case, user=users["annotator"], version=version)
+        case_review(case=case, user=users["reviewer"], version=version, decision="approve")
+        return case
+
+    return make
+
+
 def model_version(
     project, number: int, *, state: str, parent=None, gate=None, dice=0.5, approved=0, active_at=None
 ):

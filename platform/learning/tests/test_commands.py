@@ -29,6 +29,7 @@ def states(project) -> dict[int, str]:
 def test_retrain_queues_a_round_and_joins_the_queued_one(project, users):
     first = run("retrain", "--project", project.name, "--method", "norm", "--as", "admin")
     assert (first["created"], first["state"]) == (True, "queued")
+    assert first["plan"].startswith("Trains full (a first round") and "it cannot be judged" in first["plan"]
     job = Job.objects.get(pk=first["job"])
     assert (job.params["method"], job.params["trigger"], job.created_by) == (
         "norm",

@@ -196,22 +196,28 @@ def test_an_admin_sets_the_intake_rule_on_the_dashboard(users, project, make_vol
 
 
 def test_retrain_now_queues_a_round_or_joins_the_one_queued(
-    users, project, django_capture_on_commit_callbacks
+    users, project, approved_case, django_capture_on_commit_callbacks
 ):
+    approved_case(project, "train")
+    approved_case(project, "validation")
     admin = client_for(users["admin"])
     url = f"/projects/{project.id}/learning/retrain/"
     with django_capture_on_commit_callbacks(execute=False) as sent:
         first = admin.post(url, {"method": "norm"}, follow=True)
     job = Job.objects.get(project=project, kind=Job.Kind.ADAPT)
     assert len(sent) == 1  # the message leaves after the commit
-    assert messages_of(first) == [f"Adaptation round queued as job {job.id} (norm)."]
+    assert messages_of(first) == [
+        f"Adaptation round queued as job {job.id}. Trains full (a first round, from a fresh initialisation; "
+        "norm applies from the next round) on 1 approved train case; judged on 1 approved validation case "
+        "against the first-model floor (mean Dice 0.5)."
+    ]
     assert (
-        job.params == {"method": "norm", "approved": 0, "trigger": "admin"}
+        job.params == {"method": "norm", "approved": 2, "trigger": "admin", "trains": "full", "judged": True}
         and job.created_by == users["admin"]
     )
     second = admin.post(url, {"method": "lora_conv"}, follow=True)
     assert messages_of(second) == [
-        f"An adaptation round is queued already (job {job.id}, norm): your request joined it."
+        f"An adaptation round is queued already (job {job.id}, trains full): your request joined it."
     ]
     assert Job.objects.filter(project=project, kind=Job.Kind.ADAPT).count() == 1
     assert "joins it instead of starting another" in second.content.decode()

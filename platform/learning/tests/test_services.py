@@ -344,6 +344,8 @@ def test_the_tick_starts_a_round_after_n_approvals_and_scores_new_cases(
         "method": "lora_conv",
         "approved": 3,
         "trigger": "auto",
+        "trains": "full",  # a first round; said before it starts
+        "judged": False,  # no approved validation case
     }
     with django_capture_on_commit_callbacks(execute=False):
         assert learning_tick()["adapt"] == []  # no new approvals since that round

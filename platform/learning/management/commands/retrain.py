@@ -5,13 +5,15 @@ from django.core.management.base import BaseCommand, CommandError
 from common.exceptions import ApplicationError
 from learning.management.commands._shared import add_project_argument, dumps, project_get, user_get
 from learning.models import Job
+from learning.selectors import adaptation_plan
 from learning.services import adaptation_start
 
 
 class Command(BaseCommand):
     help = (
         "Start an adaptation round of a project's model (queue train), or join the one already queued or "
-        "running; prints the job as JSON. With --wait, follows it to the end (exit 1 if it fails)."
+        "running; prints the job as JSON with the round's plan (what it trains, and whether its model can be "
+        "judged on the validation split). With --wait, follows it to the end (exit 1 if it fails)."
     )
 
     def add_arguments(self, parser):
@@ -23,6 +25,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         project = project_get(options["project"])
         try:
+            plan = adaptation_plan(
+                project=project, method=options["method"], base_checkpoint=options["base_checkpoint"]
+            )
             job, created = adaptation_start(
                 project=project,
                 user=user_get(options["username"]),
@@ -41,6 +46,7 @@ class Command(BaseCommand):
                 {
                     "job": job.id,
                     "created": created,
+                    "plan": plan.summary,  # what a round started now does, and whether it can be judged
                     "state": job.state,
                     "progress": job.progress,
                     "result": job.result,
