@@ -1,5 +1,5 @@
 // Builds the browser code into static/annotation/ (served by Django's staticfiles):
-//   node build.mjs            one production build (minified, with source maps)
+//   node build.mjs            one production build (minified, split into ES module chunks, source maps)
 //   node build.mjs --watch    rebuild on change
 //   node build.mjs --tests    bundle test/*.test.ts into .test-build/ for `node --test`
 import { readdirSync } from "node:fs";
@@ -32,6 +32,11 @@ if (tests) {
     outdir: "static/annotation",
     bundle: true,
     format: "esm",
+    // ES module chunks: what is only imported on demand (zarrita's blosc/zstd/lz4 decoders, 1.3 MB of
+    // NiiVue's Zarr support we do not use) stays out of the first load, and code the pages share is
+    // loaded once. Django's collectstatic hashes every file and rewrites these imports to the hashed names.
+    splitting: true,
+    chunkNames: "chunks/[name]-[hash]",
     target: ["chrome100", "firefox100", "safari15"],
     minify: !watch,
     sourcemap: true,

@@ -23,6 +23,7 @@ from annotation.errors import HiddenReadingError, PayloadTooLargeError
 from annotation.masks import delta_parse, labelmap_decode, volume_gzip_path
 from annotation.models import Case, MaskVersion, Review
 from annotation.readings.selectors import masks_hidden
+from annotation.readings.services import project_double_reading_set
 from common.api import Api, get_or_404
 from common.exceptions import ApplicationError
 from common.media import media_path
@@ -42,6 +43,7 @@ class ProjectSerializer(serializers.Serializer):
     description = serializers.CharField()
     modality = serializers.CharField()
     interactive_model = serializers.CharField()
+    double_reading_percent = serializers.IntegerField(help_text="Share of the cases read twice, in %")
     n_cases = serializers.IntegerField()
     labels = LabelSerializer(many=True)
 
@@ -183,6 +185,28 @@ class ProjectCreateApi(Api):
             ProjectSerializer(selectors.project_get(project_id=project.id)).data,
             status=status.HTTP_201_CREATED,
         )
+
+
+class ProjectDoubleReadingApi(Api):
+    """Read ``percent`` % of the project's cases twice, by independent readers (annotation.readings)."""
+
+    permission = "annotation.add_project"
+
+    class InputSerializer(serializers.Serializer):
+        percent = serializers.IntegerField(min_value=0, max_value=100)
+
+    class OutputSerializer(serializers.Serializer):
+        added = serializers.IntegerField(help_text="second readings added")
+        removed = serializers.IntegerField(help_text="untouched second readings removed")
+
+    def post(self, request, project_id: int):
+        project = get_or_404(selectors.project_get, project_id=project_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        added, removed = project_double_reading_set(
+            project=project, percent=data.validated_data["percent"], user=request.user
+        )
+        return Response({"added": added, "removed": removed})
 
 
 class ProjectVolumesAddApi(Api):

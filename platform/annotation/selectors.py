@@ -12,7 +12,7 @@ from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sub
 from django.utils import timezone
 
 from accounts.models import User
-from annotation.models import AuditEvent, Case, MaskVersion, Project, Review
+from annotation.models import Adjudication, AuditEvent, Case, MaskVersion, Project, Review
 from common.exceptions import ApplicationError
 from studies.models import Volume
 
@@ -201,6 +201,20 @@ def case_history(case: Case) -> list[HistoryEntry]:
         )
         for r in case.reviews.all()
     ]
+    adjudication = (
+        Adjudication.objects.filter(Q(first=case) | Q(second=case)).select_related("reviewer").first()
+    )
+    if adjudication is not None:
+        entries.append(
+            HistoryEntry(
+                at=adjudication.created_at,
+                kind="adjudicate",
+                who=adjudication.reviewer.username,
+                text=f"Both readings compared: {adjudication.get_decision_display()} "
+                f"(mean Dice between the readers {adjudication.mean_dice:.2f})",
+                comment=adjudication.comment,
+            )
+        )
     return sorted(entries, key=lambda e: e.at, reverse=True)
 
 

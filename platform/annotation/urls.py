@@ -16,6 +16,11 @@ urlpatterns = [
         api.ProjectVolumesAddApi.as_view(),
         name="api-project-volumes-add",
     ),
+    path(
+        "projects/<int:project_id>/double-reading/",
+        api.ProjectDoubleReadingApi.as_view(),
+        name="api-project-double-reading",
+    ),
     path("projects/<int:project_id>/worklist/", api.WorklistApi.as_view(), name="api-worklist"),
     path("projects/<int:project_id>/next/", api.NextCaseApi.as_view(), name="api-next-case"),
     path("projects/<int:project_id>/effort/", api.EffortSummaryApi.as_view(), name="api-effort"),

@@ -105,6 +105,11 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [REPO_DIR / "frontend" / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # hashed names + gzip copies, served with a one-year immutable cache (common.staticfiles)
+    "staticfiles": {"BACKEND": "common.staticfiles.StaticStorage"},
+}
 
 LOGGING = {
     "version": 1,

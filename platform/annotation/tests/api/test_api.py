@@ -47,6 +47,7 @@ def urls(project, case, version) -> list[tuple[str, str, str]]:
         ("get", f"/api/projects/{p}/", "annotator"),
         ("post", "/api/projects/create/", "admin"),
         ("post", f"/api/projects/{p}/volumes/add/", "admin"),
+        ("post", f"/api/projects/{p}/double-reading/", "admin"),
         ("get", f"/api/projects/{p}/worklist/", "annotator"),
         ("post", f"/api/projects/{p}/next/", "annotator"),
         ("get", f"/api/projects/{p}/effort/", "admin"),
@@ -80,10 +81,18 @@ def test_anonymous_gets_403_everywhere(client, project, case, version):
 
 # Who may not call what: reviewers do not edit, annotators do not review, only admins administer.
 FORBIDDEN = {
-    "annotator": {"/api/projects/create/", "volumes/add/", "/effort/", "/review/", "/api/audit/"},
+    "annotator": {
+        "/api/projects/create/",
+        "volumes/add/",
+        "/double-reading/",
+        "/effort/",
+        "/review/",
+        "/api/audit/",
+    },
     "reviewer": {
         "/api/projects/create/",
         "volumes/add/",
+        "/double-reading/",
         "/effort/",
         "/next/",
         "/take/",
@@ -342,4 +351,17 @@ def test_openapi_schema_describes_the_api(client):
     assert {"parent", "labelmap", "delta", "effort"} <= set(doc["components"]["schemas"][body]["properties"])
     params = {p["name"] for p in doc["paths"]["/api/projects/{project_id}/worklist/"]["get"]["parameters"]}
     assert {"project_id", "status", "modality", "assignee", "cursor", "limit"} <= params
-    assert len(doc["paths"]) == 21  # with the learning jobs API (learning.api)
+    assert len(doc["paths"]) == 22  # with the learning jobs API (learning.api)
+
+
+def test_an_admin_sets_the_share_of_cases_read_twice(as_user, project, case):
+    admin = as_user("admin")
+    assert post(admin, f"/api/projects/{project.id}/double-reading/", {"percent": 100}).json() == {
+        "added": 1,
+        "removed": 0,
+    }
+    assert admin.get(f"/api/projects/{project.id}/").json()["double_reading_percent"] == 100
+    refused = post(admin, f"/api/projects/{project.id}/double-reading/", {"percent": 150})
+    assert refused.status_code == 400 and "percent" in refused.json()["extra"]["fields"]
+    readings = admin.get(f"/api/projects/{project.id}/worklist/").json()["results"]
+    assert sorted(c["reading"] for c in readings) == [1, 2]

@@ -89,6 +89,8 @@ def test_the_reviewer_compares_the_readings_and_keeps_one(users, pair):
     first.refresh_from_db()
     second.refresh_from_db()
     assert (first.status, second.status) == ("approved", "adjudicated")
+    history = reviewer.get(f"/cases/{second.id}/").content.decode()  # both readings' history says so
+    assert "Both readings compared: kept reading 1 (mean Dice between the readers 0.90)" in history
     assert client_for(users["annotator"]).get(f"/cases/{first.id}/compare/").status_code == 403
 
 
