@@ -71,6 +71,8 @@ def test_a_reader_does_not_see_the_other_readers_mask(users, pair):
 def test_the_reviewer_compares_the_readings_and_keeps_one(users, pair):
     first, second = pair
     reviewer = client_for(users["reviewer"])
+    case_page = reviewer.get(f"/cases/{second.id}/").content.decode()
+    assert 'id="review-pair"' in case_page and f'href="/cases/{second.id}/compare/"' in case_page
     worklist = reviewer.get(f"/projects/{first.project_id}/").content.decode()
     assert f'href="/cases/{first.id}/compare/"' in worklist
     html = reviewer.get(f"/cases/{second.id}/compare/").content.decode()
