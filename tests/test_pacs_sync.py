@@ -105,7 +105,8 @@ def test_variable_spacing_ct_splits_into_exact_volumes(pacs_source, shared_data)
     datasets = read_series_files(shared_data / "dicom-edge/ge-tilt-variable-spacing")
     series = Series.objects.get(series_instance_uid=datasets[0].SeriesInstanceUID)
     assert series.status == Series.Status.READY, series.error_message
-    volumes = list(series.volumes.all())
+    resampled, *volumes = series.volumes.all()  # the regular grid first (tests/test_resampled_series.py)
+    assert resampled.resampled and not any(v.resampled for v in volumes)
     assert len(volumes) >= 2
     assert sum(v.shape[2] for v in volumes) == len(datasets)
     by_uid = {ds.SOPInstanceUID: ds for ds in datasets}

@@ -8,7 +8,9 @@ ImagePositionPatient values (sheared for a gantry-tilted stack). Nothing is resa
 A series that cannot become volumes raises :class:`SeriesError`, whose ``kind`` says why and whose
 ``message`` says exactly what is wrong (slice positions, InstanceNumbers, attribute values) without
 any patient-identifying text. A series whose slice spacing genuinely changes is split into runs of
-uniform spacing, one :class:`Volume` each, with a warning on each.
+uniform spacing, one :class:`Volume` each, with a warning on each, and is also offered as one
+volume resampled onto a regular grid along the slice normal (flagged, the exception to "nothing is
+resampled"; see :func:`_regularised_volume`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import io
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -187,15 +189,17 @@ class _Slice:
 
     @property
     def label(self) -> str:
+        """'instance 12 [SOP Instance UID 1.2.3]': the InstanceNumber people see in a viewer and the
+        UID that finds the object in the PACS (numbers repeat and may be absent; UIDs do not)."""
         number = "?" if self.instance_number is None else str(self.instance_number)
-        if self.frame_index is None:
-            return f"instance {number}"
-        return f"instance {number} frame {self.frame_index + 1}"
+        frame = "" if self.frame_index is None else f" frame {self.frame_index + 1}"
+        return f"instance {number}{frame} [SOP Instance UID {self.sop_instance_uid}]"
 
 
 def _instance_label(ds: Dataset) -> str:
     number = ds.get("InstanceNumber")
-    return f"instance {number if number not in (None, '') else '?'}"
+    uid = str(ds.get("SOPInstanceUID") or "?")
+    return f"instance {number if number not in (None, '') else '?'} [SOP Instance UID {uid}]"
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
@@ -623,8 +627,6 @@ def _check_same_positions(slices: Sequence[_Slice]) -> None:
         if end > start:
             group = slices[start : end + 1]
             labels = [s.label for s in group]
-            if len(set(labels)) < len(labels):  # e.g. two series numbered alike: add the UID's tail
-                labels = [f"{s.label} (SOPInstanceUID ...{s.sop_instance_uid[-8:]})" for s in group]
             shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
             problems.append(
                 f"{len(group)} slices at {group[0].distance:.3f} mm along the slice normal: {shown}"
@@ -762,6 +764,72 @@ def _tilt_warning(step: np.ndarray, normal: np.ndarray, header_tilt: Any) -> str
     )
 
 
+# --- one regular grid for a series of uneven spacing -----------------------------------------------
+def _regularised_volume(
+    slices: Sequence[_Slice], slabs: Sequence[Volume], scalar: np.ndarray, common: list[str]
+) -> tuple[Volume | None, str]:
+    """The whole series on a regular grid along the slice normal, as 3D Slicer's acquisition geometry
+    regularization does: as many slices as were acquired, evenly spaced from the first to the last,
+    each interpolated linearly between the two acquired slices around it. The slice planes stay
+    parallel to the acquired ones; a gantry tilt's shear is kept in the affine. Returns (None, why)
+    when the slice origins do not lie on one line (a tilt that changes within the series): then
+    in-plane resampling would be needed, and the exact slabs are all there is.
+    """
+    count = len(slices)
+    along = np.array([s.distance for s in slices]) - slices[0].distance
+    positions = np.array([s.position for s in slices])
+    per_mm = (positions[-1] - positions[0]) / along[-1]  # origin shift per mm along the normal
+    off_line = float(np.linalg.norm(positions - positions[0] - np.outer(along, per_mm), axis=1).max())
+    tolerance = 0.05 * float(slices[0].pixel_spacing.min())  # a twentieth of a pixel
+    if off_line > tolerance:
+        return None, (
+            f"not resampled onto a regular grid: the slice origins leave the line through the first and "
+            f"last by up to {off_line:.3f} mm (the tilt changes along the series)"
+        )
+    step = along[-1] / (count - 1)
+    targets = np.arange(count) * step
+    upper = np.clip(np.searchsorted(along, targets, side="right"), 1, count - 1)
+    lower = upper - 1
+    weight = np.clip((targets - along[lower]) / (along[upper] - along[lower]), 0.0, 1.0)
+    acquired = [slab.array[:, :, k] for slab in slabs for k in range(slab.shape[2])]
+    integral = all(slab.array.dtype.kind in "iu" for slab in slabs)
+    dtype = np.result_type(*(slab.array.dtype for slab in slabs)) if integral else np.dtype(np.float32)
+    out = np.empty(slabs[0].shape[:2] + (count,), dtype=dtype, order="F")
+    for k in range(count):
+        a, b, w = acquired[lower[k]], acquired[upper[k]], float(weight[k])
+        value = (1.0 - w) * a.astype(np.float32) + w * b.astype(np.float32)
+        out[:, :, k] = np.rint(value) if integral else value
+    affine = slabs[0].affine.copy()
+    affine[:3, 2] = LPS_TO_RAS[:3, :3] @ (per_mm * step)
+    low, high = float(scalar.min()), float(scalar.max())
+    nearest = tuple(int(k) for k in np.clip(np.rint(along / step), 0, count - 1))
+    warning = (
+        f"resampled: the acquired slices are {low:.3f} to {high:.3f} mm apart along the slice normal, "
+        f"so this volume puts them on a regular grid of {count} slices {step:.3f} mm apart (linear "
+        "interpolation between neighbouring slices, as 3D Slicer's acquisition geometry regularization); "
+        "the exact slabs are kept as the series' other volumes, and masks go back to the PACS on the "
+        "acquired slices"
+    )
+    tilt = [
+        w.replace("the affine holds the shear and voxels were not resampled", "the affine holds the shear")
+        for w in slabs[0].warnings
+        if w.startswith("gantry tilt")
+    ]
+    return (
+        Volume(
+            array=out,
+            affine=affine,
+            sop_instance_uids=tuple(s.sop_instance_uid for s in slices),
+            frame_numbers=tuple(None if s.frame_index is None else s.frame_index + 1 for s in slices),
+            frame_of_reference_uid=slabs[0].frame_of_reference_uid,
+            warnings=tuple(common + tilt + [warning]),
+            source_slices=nearest,
+            spacing_range=(round(low, 6), round(high, 6)),
+        ),
+        "",
+    )
+
+
 def volumes_from_datasets(datasets: Sequence[pydicom.Dataset]) -> list[Volume]:
     """Turn the instances of one series into volumes on their source grid, without resampling.
 
@@ -770,8 +838,11 @@ def volumes_from_datasets(datasets: Sequence[pydicom.Dataset]) -> list[Volume]:
 
     Returns one :class:`Volume` (``array`` ``(columns, rows, slices)``, slices ascending along the
     normal, modality LUT applied, int16/uint16/int32 when the values are integers in range else
-    float32), or one per run of uniform spacing when the slice spacing changes within the series
-    (each with a warning saying so). Raises :class:`SeriesError` for anything else.
+    float32). When the slice spacing changes within the series: first the whole series resampled onto
+    a regular grid along the normal (flagged: ``source_slices``, ``spacing_range``, a warning), then
+    one exact volume per run of uniform spacing (each with a warning saying so). Raises
+    :class:`SeriesError` for anything else; its message names each slice by InstanceNumber and SOP
+    Instance UID.
     """
     if not datasets:
         raise SeriesError(SeriesErrorKind.NOT_IMAGE, "the series holds no instances")
@@ -832,4 +903,9 @@ def volumes_from_datasets(datasets: Sequence[pydicom.Dataset]) -> list[Volume]:
                 f"{_describe_run(run)} ({len(run)} slice{'s' if len(run) > 1 else ''}, {spacing})"
             )
         volumes.append(_build_volume(run, row, col, normal, warnings))
-    return volumes
+    if len(runs) == 1:
+        return volumes
+    regular, why_not = _regularised_volume(slices, volumes, scalar, common)
+    if regular is None:
+        return [replace(v, warnings=v.warnings + (why_not,)) if why_not else v for v in volumes]
+    return [regular, *volumes]

@@ -17,6 +17,7 @@ Reading (:func:`seg_to_mask`) accepts BINARY, FRACTIONAL and LABELMAP SEGs.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,6 +74,33 @@ def _integer_mask(mask: np.ndarray) -> np.ndarray:
     raise ValueError(f"mask must hold integer labels, got dtype {mask.dtype}")
 
 
+# Type 2 attributes (present, may be empty) that a SEG copies from its first source image; anonymised
+# sources often lack them, and highdicom then fails on the missing attribute.
+_TYPE2_COPIED = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+)
+
+
+def _with_type2_attributes(source_images: Sequence[Dataset]) -> list[Dataset]:
+    """The sources, the first one completed with empty values of the type 2 attributes it lacks (a
+    copy: the caller's dataset is left as it was)."""
+    first = source_images[0]
+    missing = [keyword for keyword in _TYPE2_COPIED if keyword not in first]
+    if not missing:
+        return list(source_images)
+    first = copy.deepcopy(first)
+    for keyword in missing:
+        setattr(first, keyword, "")
+    return [first, *source_images[1:]]
+
+
 def mask_to_seg(
     mask: np.ndarray,
     *,
@@ -120,6 +148,7 @@ def mask_to_seg(
             f"(known: {sorted(int(s.label) for s in segments)})"
         )
 
+    source_images = _with_type2_attributes(source_images)
     dtype = np.uint8 if len(segments) <= 255 else np.uint16
     numbered = np.zeros(mask.shape, dtype=dtype)
     for number, spec in enumerate(segments, start=1):

@@ -2,8 +2,10 @@
 
 Convention (the NIfTI one, so NiiVue, nibabel and MONAI read it as is):
 - ``array`` is indexed ``[i, j, k]`` = ``[column, row, slice]`` of the source DICOM grid, slices
-  in ascending order along the slice normal. Voxels are never resampled at ingest, so a mask drawn
-  on this array maps one-to-one onto the source instances (what DICOM SEG export needs).
+  in ascending order along the slice normal. Voxels are not resampled at ingest, so a mask drawn
+  on this array maps one-to-one onto the source instances (what DICOM SEG export needs). The one
+  exception is flagged: a series of uneven slice spacing also gets a volume resampled along the slice
+  normal onto a regular grid (``source_slices`` maps its slices back onto the source instances).
 - ``affine`` maps ``(i, j, k, 1)`` to RAS millimetres. Its third column is the step between slice
   positions, which is not perpendicular to the slice plane for a gantry-tilted CT: the affine is
   then sheared, and still exact.
@@ -34,8 +36,14 @@ class Volume:
 
     array: ``(I, J, K)`` = (columns, rows, slices), integer or float32.
     affine: ``(4, 4)`` float64, voxel index -> RAS mm.
-    sop_instance_uids: the source instance of each slice ``k`` (length ``K``).
+    sop_instance_uids: the source instance of each slice ``k`` (length ``K``); for a volume
+        resampled at ingest, the source instances in slice order (as many as its slices).
     frame_numbers: 1-based frame of that instance for multi-frame sources, else ``None`` per slice.
+    source_slices: empty for a volume on its source grid; for one resampled onto a regular grid
+        (a series of uneven slice spacing), the slice of this volume nearest to each source instance
+        (same order as ``sop_instance_uids``): a mask drawn on it maps back onto the source instances.
+    spacing_range: for a resampled volume, the smallest and largest step between the acquired slices
+        along the slice normal (mm).
     """
 
     array: np.ndarray
@@ -44,6 +52,12 @@ class Volume:
     frame_numbers: tuple[int | None, ...] = ()
     frame_of_reference_uid: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    source_slices: tuple[int, ...] = ()
+    spacing_range: tuple[float, float] | None = None
+
+    @property
+    def resampled(self) -> bool:
+        return bool(self.source_slices)
 
     @property
     def spacing(self) -> tuple[float, float, float]:

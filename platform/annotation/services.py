@@ -175,11 +175,19 @@ def project_intake(*, project: Project) -> int:
     are not in it yet; returns how many were added. A project without a rule takes nothing."""
     if not project.intake_series_description:
         return 0
-    volumes = Volume.objects.filter(
-        series__status=Series.Status.READY,
-        series__gone_at__isnull=True,
-        series__description__icontains=project.intake_series_description,
-    ).exclude(cases__project=project)
+    volumes = (
+        Volume.objects.filter(
+            series__status=Series.Status.READY,
+            series__gone_at__isnull=True,
+            series__description__icontains=project.intake_series_description,
+        )
+        .exclude(cases__project=project)
+        # a series of uneven spacing is annotated on its resampled volume, not on its exact slabs
+        .exclude(
+            Q(source_slices=[])
+            & Exists(Volume.objects.filter(series=OuterRef("series")).exclude(source_slices=[]))
+        )
+    )
     if project.modality:
         volumes = volumes.filter(series__modality=project.modality)
     return project_volumes_add(project=project, volumes=volumes.select_related("series"), user=None)

@@ -73,7 +73,9 @@ class Series(models.Model):
 class Volume(models.Model):
     """A 3D image built from a series, on the series' own voxel grid (see ml_worker.io.volume).
 
-    A series usually gives one volume; one whose slice spacing changes gives one per uniform run.
+    A series usually gives one volume; one whose slice spacing changes gives one resampled onto a
+    regular grid (index 0, flagged by ``source_slices`` and ``spacing_range``) and one exact volume per
+    uniform run.
     """
 
     series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="volumes")
@@ -89,6 +91,15 @@ class Volume(models.Model):
     frame_numbers = models.JSONField(default=list)
     frame_of_reference_uid = models.CharField(max_length=64, blank=True)
     warnings = models.JSONField(default=list)
+    source_slices = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Resampled onto a regular grid (uneven slice spacing): the slice nearest each source "
+        "instance, in sop_instance_uids order; empty for a volume on its source grid",
+    )
+    spacing_range = models.JSONField(
+        null=True, blank=True, help_text="Resampled: least and largest acquired step along the normal (mm)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -97,3 +108,7 @@ class Volume(models.Model):
 
     def __str__(self) -> str:
         return f"{self.series} [{self.index}]"
+
+    @property
+    def resampled(self) -> bool:
+        return bool(self.source_slices)

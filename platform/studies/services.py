@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from django.db import transaction
@@ -32,6 +32,8 @@ class VolumeRecord:
     frame_numbers: list[int | None]
     frame_of_reference_uid: str
     warnings: list[str]
+    source_slices: list[int] = field(default_factory=list)  # resampled: nearest slice per source instance
+    spacing_range: list[float] | None = None  # resampled: acquired steps along the normal, least and largest
 
 
 def study_upsert(

@@ -31,7 +31,8 @@ def volume_seg_export(
     series_description: str = "Segmentation",
     content_creator: str | None = None,
 ) -> SegExport:
-    """Send ``mask`` (the volume's (columns, rows, slices) grid, integer labels) to the volume's PACS.
+    """Send ``mask`` (the volume's (columns, rows, slices) grid, integer labels) to the volume's PACS;
+    a mask on a volume resampled at ingest goes back onto the acquired slices (nearest slice).
 
     The SEG's UIDs derive from the volume and the mask's bytes, so a retry stores the same object
     again instead of a second one. Raises ApplicationError for a mask that does not fit the volume.
@@ -44,6 +45,10 @@ def volume_seg_export(
         raise ApplicationError(
             "DICOM SEG export of volumes built from multi-frame images is not supported yet."
         )
+    if volume.resampled:
+        # Drawn on the regular grid: each acquired slice takes the mask of the grid slice nearest to it,
+        # so the SEG lies on the instances the PACS holds.
+        mask = np.ascontiguousarray(mask[:, :, volume.source_slices])
     series = volume.series
     study = series.study
     source = study.source

@@ -108,4 +108,6 @@ def _store(volume: Volume) -> VolumeRecord:
         frame_numbers=list(volume.frame_numbers),
         frame_of_reference_uid=volume.frame_of_reference_uid or "",
         warnings=list(volume.warnings),
+        source_slices=list(volume.source_slices),
+        spacing_range=list(volume.spacing_range) if volume.spacing_range else None,
     )
