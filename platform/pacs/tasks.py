@@ -37,7 +37,11 @@ def pacs_source_sync(source_id: int) -> dict:
         return {"skipped": exc.message}
     for series_id in result.series_to_ingest:
         series_ingest.delay(series_id)
-    return {"studies_seen": result.studies_seen, "queued": len(result.series_to_ingest)}
+    return {
+        "studies_seen": result.studies_seen,
+        "queued": len(result.series_to_ingest),
+        "studies_gone": result.studies_gone,
+    }
 
 
 @shared_task(**RETRY_TRANSIENT)

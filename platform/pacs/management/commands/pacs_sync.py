@@ -32,7 +32,7 @@ class Command(BaseCommand):
                 outages = series_ingest_many(series_ids=todo, done=lambda: bar.update(1))
             self.stdout.write(
                 f"{src.name}: {result.studies_seen} studies in the PACS, {result.studies_examined} new or "
-                f"changed, {len(todo)} series ingested."
+                f"changed, {result.studies_gone} gone from it, {len(todo)} series ingested."
             )
             if outages:
                 raise CommandError(f"{src.name}: {outages} series could not be retrieved (PACS unavailable).")
