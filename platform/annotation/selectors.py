@@ -132,11 +132,7 @@ def worklist_query(
         qs.select_related("assignee", "lock__user", "volume__series__study")
         .only(*_WORKLIST_FIELDS)
         .annotate(
-            last_review_decision=Subquery(last.values("decision")[:1]),
-            last_review_comment=Subquery(last.values("comment")[:1]),
-            last_review_reviewer=Subquery(last.values("reviewer__username")[:1]),
-            last_review_at=Subquery(last.values("created_at")[:1]),
-            last_review_number=Subquery(last.values("version__number")[:1]),
+            last_review_id=Subquery(last.values("id")[:1]),
             read_twice=Exists(
                 Case.objects.filter(project=OuterRef("project"), volume=OuterRef("volume")).exclude(
                     pk=OuterRef("pk")
@@ -149,20 +145,13 @@ def worklist_query(
 
 def case_rejection(case: Case) -> Rejection | None:
     """The open rejection of a case: its latest review rejected it and its annotator has not submitted
-    again. Uses what the worklist annotated or the prefetched reviews (``case_detail``) when there,
+    again. Uses the latest review worklist() attached or the prefetched reviews (``case_detail``) when there,
     else asks the database."""
     if case.status not in _OPEN_REJECTION_STATUSES:
         return None
-    if hasattr(case, "last_review_decision"):
-        if case.last_review_decision != Review.Decision.REJECT:
-            return None
-        return Rejection(
-            comment=case.last_review_comment,
-            reviewer=case.last_review_reviewer,
-            at=case.last_review_at,
-            version_number=case.last_review_number + 1,
-        )
-    if "reviews" in getattr(case, "_prefetched_objects_cache", {}):
+    if "last_review" in case.__dict__:  # set by worklist()
+        last = case.last_review
+    elif "reviews" in getattr(case, "_prefetched_objects_cache", {}):
         reviews = list(case.reviews.all())  # oldest first (case_detail)
         last = reviews[-1] if reviews else None
     else:
@@ -240,6 +229,11 @@ def worklist(
     rows = list(qs[: limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]
+    # the latest review of the cases that may carry an open rejection, in one query for the page
+    wanted = [c.last_review_id for c in rows if c.status in _OPEN_REJECTION_STATUSES and c.last_review_id]
+    reviews = Review.objects.select_related("reviewer", "version").in_bulk(wanted) if wanted else {}
+    for case in rows:
+        case.last_review = reviews.get(case.last_review_id)
     return WorklistPage(cases=rows, next_cursor=cursor_encode(rows[-1]) if more else None)
 
 
