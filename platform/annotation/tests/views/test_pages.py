@@ -100,9 +100,12 @@ def test_worklist_page_lists_cases_by_score_with_lock_holders(users, project, ma
     assert bad_cursor.status_code == 200 and "Showing the first page" in bad_cursor.content.decode()
 
 
-def test_project_list_links_each_worklist(users, project):
+def test_project_list_links_each_worklist(users, project, case):
     html = client_for(users["reviewer"]).get("/projects/").content.decode()
     assert f'href="/projects/{project.id}/"' in html and "anterior" in html
+    assert "0 to review" in html and " new</a>" not in html  # a reviewer's work, not an annotator's
+    html = client_for(users["annotator"]).get("/projects/").content.decode()
+    assert f'href="/projects/{project.id}/?status=new">1 new</a>' in html and "to review" not in html
 
 
 def test_the_annotator_sees_the_rejection_comment_on_the_worklist_and_the_case(users, case):
