@@ -3,7 +3,7 @@ what). Writes go through annotation.services (the API and pages), never through 
 
 from django.contrib import admin
 
-from annotation.models import AuditEvent, Case, LabelClass, MaskVersion, Project, Review
+from annotation.models import Adjudication, AuditEvent, Case, LabelClass, MaskVersion, Project, Review
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -36,8 +36,18 @@ class ProjectAdmin(ReadOnlyAdmin):
 
 @admin.register(Case)
 class CaseAdmin(ReadOnlyAdmin):
-    list_display = ("id", "project", "volume", "status", "split", "assignee", "score", "updated_at")
-    list_filter = ("project", "status", "split")
+    list_display = (
+        "id",
+        "project",
+        "volume",
+        "reading",
+        "status",
+        "split",
+        "assignee",
+        "score",
+        "updated_at",
+    )
+    list_filter = ("project", "status", "split", "reading")
     list_select_related = ("project", "volume", "assignee")
 
 
@@ -62,6 +72,13 @@ class MaskVersionAdmin(ReadOnlyAdmin):
 class ReviewAdmin(ReadOnlyAdmin):
     list_display = ("case", "version", "reviewer", "decision", "export_status", "created_at")
     list_filter = ("decision", "export_status")
+
+
+@admin.register(Adjudication)
+class AdjudicationAdmin(ReadOnlyAdmin):
+    list_display = ("first", "second", "decision", "mean_dice", "mean_hd95_mm", "reviewer", "created_at")
+    list_filter = ("project", "decision")
+    list_select_related = ("first", "second", "reviewer")
 
 
 @admin.register(AuditEvent)

@@ -16,7 +16,7 @@ def test_admins_can_look_up_annotation_work_but_not_write_it(users, case):
     client.force_login(users["admin"])
     versions = client.get("/admin/annotation/maskversion/")
     assert versions.status_code == 200 and b"12.5" in versions.content
-    for page in ("project", "case", "review", "auditevent"):
+    for page in ("project", "case", "review", "adjudication", "auditevent"):
         assert client.get(f"/admin/annotation/{page}/").status_code == 200, page
     assert client.get("/admin/annotation/project/add/").status_code == 403
     assert client.post(f"/admin/annotation/case/{case.id}/delete/", {"post": "yes"}).status_code == 403
