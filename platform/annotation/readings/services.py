@@ -211,15 +211,16 @@ def readings_adjudicate(
     a, b = mask_read(heads[0].path), mask_read(heads[1].path)
     if decision == Adjudication.Decision.MERGE:
         sources = _sources(project, sources)
+        final = _merge(a, b, sources)
         result = _version_store(
             case=first,
-            mask=_merge(a, b, sources),
+            mask=final,
             parent=heads[0],
             author=user,
             source=MaskVersion.Source.EDITED,
             effort=Effort(),
         )
-        kept, other, final = first, second, mask_read(result.path)
+        kept, other = first, second
     else:
         sources = {}
         kept, other = (first, second) if decision == Adjudication.Decision.FIRST else (second, first)
@@ -237,8 +238,8 @@ def readings_adjudicate(
         second=second,
         first_version=heads[0],
         second_version=heads[1],
-        first_reader=heads[0].author or first.assignee,
-        second_reader=heads[1].author or second.assignee,
+        first_reader=first.assignee or heads[0].author,  # the reading's owner (set when taken)
+        second_reader=second.assignee or heads[1].author,
         result=result,
         decision=decision,
         sources={str(k): v for k, v in sources.items()},
