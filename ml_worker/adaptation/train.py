@@ -302,6 +302,7 @@ class Trainer:
         self.amp_dtype = amp_dtype(self.device)
         # loss scaling is needed for fp16 only (bf16 has float32's range)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.skipped_steps = 0  # steps with non-finite gradients, not applied
         self.renderer = RenderGuidance(labels=config.labels, sigma=config.click_sigma)
         self.rng = np.random.default_rng(train.seed)
         self._cache: dict[str, dict[str, Any]] = {}
@@ -498,9 +499,13 @@ class Trainer:
             logits = self.network(inputs)
         loss = self.criterion(logits.float(), target, labelled)
         self.scaler.scale(loss).backward()
-        if self.train.clip_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.train.clip_norm)
+        params = self.optimizer.param_groups[0]["params"]
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.train.clip_norm or float("inf"))
+        if not torch.isfinite(norm) and not self.scaler.is_enabled():
+            # one bad step must not turn every weight into NaN (the fp16 scaler skips such steps itself)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach())
@@ -552,9 +557,10 @@ class Trainer:
                     self.progress(epoch, global_step + 1, total, {"loss": float(np.mean(losses)), "lr": lr})
             record: dict[str, Any] = {
                 "epoch": epoch,
-                "loss": float(np.mean(losses)),
+                "loss": float(np.nanmean(losses)),
                 "lr": lr,
                 "seconds": time.perf_counter() - epoch_start,
+                "skipped_steps": self.skipped_steps,
             }
             if validation and (epoch % self.train.validate_every == 0 or epoch == self.train.epochs):
                 result.validation = self.evaluate(validation)

@@ -69,11 +69,17 @@ GUIDANCE_PER_CLASS = 4  # positive clicks, negative clicks, box, current mask
 NATIVE3D_FORMAT = "native3d/2"
 LEGACY_FORMAT = "native3d/1"  # 3 guidance channels per class, click_sigma in grid voxels
 STEM_WEIGHT = "convInit.conv.weight"  # the first conv: its input channels are the image and guidance
+TINY_GRID = 64  # voxels at the deepest level below which the net runs in float32 (see Native3DNet)
 DIVISOR = 8  # SegResNet halves the grid three times: every input size must be a multiple of this
 
 
 class Native3DNet(SegResNet):
     """SegResNet with a second dropout before its 1x1x1 head (no extra parameters).
+
+    An input so small that the deepest level is under 4x4x4 voxels runs in float32 even under
+    autocast: oneDNN's bfloat16 weight gradient of Conv3d gives NaN on 2x2x2 grids (measured here: 6 of
+    60 random trials; none of 60 at 4x4x4). Such inputs cost nothing in float32; real patches
+    (48x64x48 and up) keep bf16's speed.
 
     Input ``(B, in_channels, X, Y, Z)`` with ``X, Y, Z`` multiples of 8; output ``(B, out_channels,
     X, Y, Z)`` logits.
@@ -82,6 +88,12 @@ class Native3DNet(SegResNet):
     def __init__(self, *, head_dropout: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.head_dropout = nn.Dropout(head_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type) and x.shape[2:].numel() < TINY_GRID * DIVISOR**3:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
 
     @property
     def head(self) -> nn.Conv3d:

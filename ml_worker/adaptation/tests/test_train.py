@@ -18,7 +18,6 @@ from ml_worker.adaptation.train import (
     Trainer,
     case_means,
     read_training_checkpoint,
-    simulate_prompts,
 )
 from ml_worker.models.checkpoints import file_sha256
 from ml_worker.models.native3d import Native3DConfig, load_native3d, save_native3d
@@ -149,7 +148,7 @@ def test_unlabelled_classes_do_not_train(data, tmp_path):
 def test_training_learns_the_synthetic_structures(data):
     cases, base = data
     train = TrainConfig(
-        epochs=6,
+        epochs=10,
         steps_per_epoch=6,
         batch_size=2,
         lr=1e-2,
@@ -172,7 +171,7 @@ def test_adapter_from_a_trainer_loads_onto_the_base(tmp_path, data):
     meta = trainer.save_adapter(tmp_path / "a.adapter", data_snapshot_ids=["m1", "m2"], metrics={"dice": 0.5})
     assert meta.training["seed"] == 3 and meta.base_sha256 == file_sha256(base)
     model, _ = load_adapter(tmp_path / "a.adapter", load_native3d(base)[0], file_sha256(base))
-    x = torch.rand(1, 7, 16, 16, 16)
+    x = torch.rand(1, CONFIG.in_channels, 16, 16, 16)
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), trainer.network.eval()(x), atol=1e-6)
 
@@ -188,25 +187,51 @@ def test_cases_must_fit_the_label_set(data):
         trainer.fit([])
 
 
-def test_simulated_prompts_lie_on_their_structures():
-    label = np.zeros((20, 20, 20), np.int64)
-    label[5:10, 5:10, 5:10] = 1
-    label[12:15, 12:15, 12:15] = 2
-    rng = np.random.default_rng(0)
-    seen = set()
-    for _ in range(50):
-        prompts = simulate_prompts(label, (1,), rng, max_clicks=3, box_probability=0.5)
-        assert prompts is not None and (prompts.boxes or prompts.clicks)
-        for click in prompts.clicks:
-            assert click.label == 1
-            assert (label[click.ijk] == 1) == click.positive
-            seen.add(click.positive)
-        for box in prompts.boxes:
-            assert box.label == 1
-            assert all(lo <= 5 and hi >= 9 for lo, hi in zip(box.lo, box.hi, strict=True))
-    assert seen == {True, False}
-    assert simulate_prompts(label, (3,), rng) is None  # nothing of that label here
-    assert simulate_prompts(np.zeros_like(label), (1, 2), rng) is None
+def test_interactive_samples_carry_the_clicks_placed_on_the_networks_errors(data):
+    """With guidance, every prompted sample's clicks come from rounds of predict-then-click: each lies
+    on its structure (positive) or off it (negative), and the mask channel holds the last prediction."""
+    cases, base = data
+    train = TrainConfig(
+        epochs=1, steps_per_epoch=1, batch_size=2, seed=1, prompt_fraction=1.0, max_iterations=3
+    )
+    trainer = Trainer.from_base(base, method=get_method("native3d", "full"), train=train)
+    seen_clicks = 0
+    for _ in range(6):
+        batch = [trainer._sample(cases[0]), trainer._sample(cases[1])]
+        trainer._simulate(batch)
+        for sample in batch:
+            state = sample.state
+            assert state is not None and state.classes
+            for click in state.clicks:
+                assert (sample.label[click.ijk] == click.label) == click.positive
+            seen_clicks += len(state.clicks)
+            inputs = trainer._inputs([sample])[0]
+            for value in state.classes:
+                c = CONFIG.label_values.index(value)
+                mask_channel = inputs[1 + 4 * c + 3].numpy() > 0.5
+                expected = state.mask == value if state.mask is not None else np.zeros_like(mask_channel)
+                assert np.array_equal(mask_channel, expected)
+    assert seen_clicks > 0
+
+
+def test_bf16_and_float32_training_both_run_and_learn(monkeypatch, data):
+    from ml_worker.models import checkpoints
+
+    cases, base = data
+    train = TrainConfig(epochs=1, steps_per_epoch=3, batch_size=2, seed=0, lr=1e-2)
+    losses = {}
+    for setting in ("off", "auto"):
+        monkeypatch.setenv("ML_WORKER_AMP", setting)
+        checkpoints.cpu_bf16_supported.cache_clear()
+        trainer = Trainer.from_base(base, method=get_method("native3d", "full"), train=train)
+        assert trainer.amp_dtype == checkpoints.amp_dtype("cpu")
+        if setting == "off":
+            assert trainer.amp_dtype is None
+        result = trainer.fit(cases)
+        losses[setting] = result.history[-1]["loss"]
+        assert all(p.dtype == torch.float32 for p in trainer.network.parameters())  # master weights
+    checkpoints.cpu_bf16_supported.cache_clear()
+    assert all(np.isfinite(v) for v in losses.values())
 
 
 def test_train_config_is_checked():

@@ -196,15 +196,25 @@ def test_select_device_refuses_unavailable_or_unknown_devices():
             select_device("cuda")
 
 
-def test_autocast_is_mixed_precision_on_cuda_only():
-    device = select_device()
-    a = torch.ones(4, 4, device=device)
-    with autocast(device):
-        product = a @ a
-    if device.type == "cuda":
-        assert product.dtype in (torch.bfloat16, torch.float16)
-    else:
-        assert product.dtype == torch.float32
+@pytest.mark.parametrize("setting, native", [("auto", True), ("auto", False), ("off", True)])
+def test_cpu_autocast_is_bf16_where_the_cpu_has_it_and_float32_otherwise(monkeypatch, setting, native):
+    from ml_worker.models import checkpoints
+
+    monkeypatch.setenv("ML_WORKER_AMP", setting)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    checkpoints.cpu_bf16_supported.cache_clear()
+    try:
+        want = torch.bfloat16 if setting == "auto" and native else None
+        assert checkpoints.amp_dtype("cpu") == want
+        a = torch.ones(4, 4)
+        with autocast("cpu"):
+            product = a @ a
+        assert product.dtype == (want or torch.float32)
+        assert a.dtype == torch.float32  # weights and inputs stay float32
+        if torch.cuda.is_available():
+            assert checkpoints.amp_dtype("cuda") in (torch.bfloat16, torch.float16)
+    finally:
+        checkpoints.cpu_bf16_supported.cache_clear()
 
 
 def test_save_atomic_leaves_no_temporary_file_and_usual_permissions(tmp_path):

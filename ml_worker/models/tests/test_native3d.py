@@ -51,10 +51,10 @@ class Payload:
 @pytest.mark.parametrize(
     ("kwargs", "in_channels", "out_channels"),
     [
-        ({"num_classes": 1}, 4, 1),
-        ({"num_classes": 2}, 7, 2),
+        ({"num_classes": 1}, 5, 1),
+        ({"num_classes": 2}, 9, 2),
         ({"num_classes": 3, "guidance": False}, 1, 3),
-        ({"num_classes": 2, "init_filters": 16, "dropout": 0.0}, 7, 2),
+        ({"num_classes": 2, "init_filters": 16, "dropout": 0.0}, 9, 2),
     ],
 )
 def test_build_shapes(kwargs, in_channels, out_channels):
@@ -67,7 +67,7 @@ def test_build_shapes(kwargs, in_channels, out_channels):
 
 def test_state_dict_is_that_of_monai_segresnet():
     ours = build_native3d(num_classes=2, init_filters=8).state_dict()
-    monai = SegResNet(spatial_dims=3, in_channels=7, out_channels=2, init_filters=8, dropout_prob=0.1)
+    monai = SegResNet(spatial_dims=3, in_channels=9, out_channels=2, init_filters=8, dropout_prob=0.1)
     theirs = monai.state_dict()
     assert list(ours) == list(theirs)
     assert all(ours[k].shape == theirs[k].shape for k in ours)
@@ -82,7 +82,7 @@ def test_head_starts_at_the_prior():
 def test_dropout_gives_mc_samples_only_in_train_mode(dropout, varies):
     torch.manual_seed(0)
     net = build_native3d(num_classes=2, init_filters=8, dropout=dropout)
-    x = torch.rand(1, 7, 16, 16, 16)
+    x = torch.rand(1, 9, 16, 16, 16)
     with torch.no_grad():
         net.eval()
         assert torch.equal(net(x), net(x))
@@ -165,7 +165,7 @@ def test_wrong_num_classes_names_the_mismatched_shapes(tmp_path: Path):
     message = str(raised.value)
     assert "shape mismatches" in message
     assert "conv_final.2.conv.weight: expected (2, 8, 1, 1, 1) vs got (3, 8, 1, 1, 1)" in message
-    assert "convInit.conv.weight: expected (8, 7, 3, 3, 3) vs got (8, 10, 3, 3, 3)" in message
+    assert "convInit.conv.weight: expected (8, 9, 3, 3, 3) vs got (8, 13, 3, 3, 3)" in message
 
 
 def test_plain_monai_state_dict_needs_a_config(tmp_path: Path):
@@ -215,3 +215,36 @@ def test_save_refuses_a_model_that_does_not_fit(tmp_path: Path):
 def test_missing_file(tmp_path: Path):
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         load_native3d(tmp_path / "absent.pt")
+
+
+def test_a_first_format_file_is_converted_and_computes_what_it_did(tmp_path: Path):
+    """A native3d/1 file (3 guidance channels per class, click size in grid voxels) loads with zero
+    weights on the new mask channels: with an empty mask it gives exactly its old output."""
+    config = _config(spacing=(1.5, 1.5, 1.5), click_sigma=2.0)
+    torch.manual_seed(0)
+    old_width = 1 + 3 * config.num_classes
+    old = SegResNet(spatial_dims=3, in_channels=old_width, out_channels=2, init_filters=8, dropout_prob=0.1)
+    legacy = config.to_dict() | {"format": "native3d/1"}
+    path = tmp_path / "old.pt"
+    torch.save({"state_dict": old.state_dict(), "config": legacy}, path)
+
+    net, loaded = load_native3d(path)
+    assert loaded.click_sigma == 3.0  # 2 grid voxels of 1.5 mm
+    x_old = torch.rand(1, old_width, 16, 16, 16)
+    parts = [x_old[:, :1]]
+    for c in range(config.num_classes):
+        parts += [x_old[:, 1 + 3 * c : 4 + 3 * c], torch.zeros(1, 1, 16, 16, 16)]
+    with torch.no_grad():
+        assert torch.allclose(net(torch.cat(parts, 1)), old.eval()(x_old), atol=1e-4)
+    # and the mask channel is a real input once trained: the converted weights are zero, not absent
+    assert net.convInit.conv.weight.shape[1] == config.in_channels
+
+
+def test_an_unknown_format_is_refused(tmp_path: Path):
+    config = _config()
+    path = tmp_path / "model.pt"
+    torch.save(
+        {"state_dict": config.build().state_dict(), "config": config.to_dict() | {"format": "x/9"}}, path
+    )
+    with pytest.raises(CheckpointError, match="neither 'native3d/2' nor 'native3d/1'"):
+        load_native3d(path)
