@@ -21,9 +21,10 @@ from rest_framework.response import Response
 from annotation import selectors, services
 from annotation.errors import HiddenReadingError, PayloadTooLargeError
 from annotation.masks import delta_parse, labelmap_decode, volume_gzip_path
-from annotation.models import Case, MaskVersion, Review
+from annotation.models import Adjudication, Case, MaskVersion, Review
+from annotation.readings import selectors as reading_selectors
 from annotation.readings.selectors import masks_hidden
-from annotation.readings.services import project_double_reading_set
+from annotation.readings.services import MERGE_SOURCES, project_double_reading_set, readings_adjudicate
 from common.api import Api, get_or_404
 from common.exceptions import ApplicationError
 from common.media import media_path
@@ -395,6 +396,92 @@ class CaseReviewApi(Api):
             override_reason=data.validated_data["override_reason"],
         )
         return Response(ReviewSerializer(review).data, status=self.success_status)
+
+
+class _AgreementSerializer(serializers.Serializer):
+    label = serializers.IntegerField(source="label.value")
+    name = serializers.CharField(source="label.name")
+    dice = serializers.FloatField(source="agreement.dice")
+    hd95_mm = serializers.FloatField(source="agreement.hd95_mm", allow_null=True)
+    assd_mm = serializers.FloatField(source="agreement.assd_mm", allow_null=True)
+
+
+class CaseReadingsApi(Api):
+    """The two readings of a volume read twice and how their heads agree, class by class (Dice, HD95 and
+    mean surface distance in mm); ``comparison`` is null while a reading has no version."""
+
+    permission = "annotation.review_case"
+
+    class OutputSerializer(serializers.Serializer):
+        class ComparisonSerializer(serializers.Serializer):
+            first_head = VersionSerializer()
+            second_head = VersionSerializer()
+            classes = _AgreementSerializer(many=True, source="rows")
+            mean_dice = serializers.FloatField()
+            mean_hd95_mm = serializers.FloatField(allow_null=True)
+
+        first = CaseSerializer()
+        second = CaseSerializer()
+        comparison = ComparisonSerializer(allow_null=True)
+
+    def get(self, request, case_id: int):
+        pair = reading_selectors.reading_pair(case=_case(case_id))
+        if pair is None:
+            raise ApplicationError(f"Case {case_id} is read once: there is nothing to compare.")
+        first, second = pair
+        comparison = reading_selectors.readings_compare(first=first, second=second)
+        return Response(
+            self.OutputSerializer({"first": first, "second": second, "comparison": comparison}).data
+        )
+
+
+class CaseAdjudicateApi(Api):
+    """Decide a volume read twice: keep reading 1 or 2, or merge them class by class; the kept mask is
+    approved. 409 when a reading is not submitted or changed since ``first_head``/``second_head``."""
+
+    permission = "annotation.review_case"
+    success_status = status.HTTP_201_CREATED
+
+    class InputSerializer(serializers.Serializer):
+        decision = serializers.ChoiceField(choices=Adjudication.Decision.values)
+        first_head = serializers.IntegerField(help_text="the version of reading 1 you compared")
+        second_head = serializers.IntegerField(help_text="the version of reading 2 you compared")
+        sources = serializers.DictField(
+            child=serializers.ChoiceField(choices=MERGE_SOURCES),
+            required=False,
+            default=dict,
+            help_text="a merge: class value -> first, second, union or both",
+        )
+        comment = serializers.CharField(required=False, default="", allow_blank=True)
+        override_reason = serializers.CharField(required=False, default="", allow_blank=True)
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        decision = serializers.CharField()
+        kept_case = serializers.SerializerMethodField()
+        result = VersionSerializer()
+        mean_dice = serializers.FloatField()
+        mean_hd95_mm = serializers.FloatField(allow_null=True)
+        final_dice = serializers.DictField(child=serializers.FloatField())
+
+        def get_kept_case(self, adjudication: Adjudication) -> int:
+            return adjudication.result.case_id
+
+    def post(self, request, case_id: int):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        body = data.validated_data
+        adjudication = readings_adjudicate(
+            case=_case(case_id),
+            user=request.user,
+            decision=body["decision"],
+            first_head_id=body["first_head"],
+            second_head_id=body["second_head"],
+            sources={int(k): v for k, v in body["sources"].items() if str(k).isdigit()},
+            comment=body["comment"],
+            override_reason=body["override_reason"],
+        )
+        return Response(self.OutputSerializer(adjudication).data, status=self.success_status)
 
 
 # ---- versions -------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ urlpatterns = [
     path("cases/<int:case_id>/interactive/", api.CaseInteractiveApi.as_view(), name="api-case-interactive"),
     path("cases/<int:case_id>/submit/", api.CaseSubmitApi.as_view(), name="api-case-submit"),
     path("cases/<int:case_id>/review/", api.CaseReviewApi.as_view(), name="api-case-review"),
+    path("cases/<int:case_id>/readings/", api.CaseReadingsApi.as_view(), name="api-case-readings"),
+    path("cases/<int:case_id>/adjudicate/", api.CaseAdjudicateApi.as_view(), name="api-case-adjudicate"),
     path("versions/<int:version_id>/mask/", api.VersionMaskApi.as_view(), name="api-version-mask"),
     path("audit/", api.AuditListApi.as_view(), name="api-audit"),
     path(

@@ -61,6 +61,8 @@ def urls(project, case, version) -> list[tuple[str, str, str]]:
         ("post", f"/api/cases/{c}/interactive/", "annotator"),
         ("post", f"/api/cases/{c}/submit/", "annotator"),
         ("post", f"/api/cases/{c}/review/", "reviewer"),
+        ("get", f"/api/cases/{c}/readings/", "reviewer"),
+        ("post", f"/api/cases/{c}/adjudicate/", "reviewer"),
         ("get", f"/api/versions/{v}/mask/", "annotator"),
         ("get", "/api/audit/", "admin"),
     ]
@@ -87,6 +89,8 @@ FORBIDDEN = {
         "/double-reading/",
         "/effort/",
         "/review/",
+        "/readings/",
+        "/adjudicate/",
         "/api/audit/",
     },
     "reviewer": {
@@ -351,7 +355,7 @@ def test_openapi_schema_describes_the_api(client):
     assert {"parent", "labelmap", "delta", "effort"} <= set(doc["components"]["schemas"][body]["properties"])
     params = {p["name"] for p in doc["paths"]["/api/projects/{project_id}/worklist/"]["get"]["parameters"]}
     assert {"project_id", "status", "modality", "assignee", "cursor", "limit"} <= params
-    assert len(doc["paths"]) == 22  # with the learning jobs API (learning.api)
+    assert len(doc["paths"]) == 24  # with the learning jobs API (learning.api)
 
 
 def test_an_admin_sets_the_share_of_cases_read_twice(as_user, project, case):
@@ -365,3 +369,37 @@ def test_an_admin_sets_the_share_of_cases_read_twice(as_user, project, case):
     assert refused.status_code == 400 and "percent" in refused.json()["extra"]["fields"]
     readings = admin.get(f"/api/projects/{project.id}/worklist/").json()["results"]
     assert sorted(c["reading"] for c in readings) == [1, 2]
+
+
+def test_a_reviewer_compares_two_readings_and_decides_through_the_api(as_user, project, case, users):
+    from annotation.readings.services import project_double_reading_set
+    from annotation.services import case_submit, next_case_take
+
+    reviewer = as_user("reviewer")
+    once = reviewer.get(f"/api/cases/{case.id}/readings/")
+    assert once.status_code == 400 and "read once" in once.json()["message"]
+    project_double_reading_set(project=project, percent=100, user=None)
+    heads = []
+    for name, value in (("annotator", 1), ("annotator2", 2)):
+        taken = next_case_take(project=project, user=users[name])
+        version = save(taken, users[name], None, labelmap(value))
+        case_submit(case=taken, user=users[name], version=version)
+        heads.append(version.id)
+    readings = reviewer.get(f"/api/cases/{case.id}/readings/").json()
+    assert (readings["first"]["reading"], readings["second"]["reading"]) == (1, 2)
+    classes = readings["comparison"]["classes"]
+    assert [(c["label"], c["dice"], c["hd95_mm"]) for c in classes] == [(1, 0.0, None), (2, 0.0, None)]
+    body = {
+        "decision": "merge",
+        "first_head": heads[0],
+        "second_head": heads[1],
+        "sources": {"1": "sideways"},
+    }
+    refused = post(reviewer, f"/api/cases/{case.id}/adjudicate/", body)
+    assert refused.status_code == 400 and "sources" in refused.json()["extra"]["fields"]
+    body["sources"] = {"1": "first", "2": "second"}
+    decided = post(reviewer, f"/api/cases/{case.id}/adjudicate/", body)
+    assert decided.status_code == 201, decided.json()
+    assert decided.json()["kept_case"] == readings["first"]["id"] and decided.json()["result"]["number"] == 2
+    again = post(reviewer, f"/api/cases/{case.id}/adjudicate/", body)
+    assert again.status_code == 409 and "must be submitted" in again.json()["message"]
