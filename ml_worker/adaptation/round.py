@@ -31,6 +31,7 @@ from ml_worker.adaptation.train import (
     case_means,
     evaluate_task,
 )
+from ml_worker.inference.eval import interactive_curve
 from ml_worker.inference.native import Native3DTask
 from ml_worker.io.volume import load_volume
 from ml_worker.models.native3d import Native3DConfig, save_native3d
@@ -42,6 +43,8 @@ from ml_worker.uncertainty.strategies import Ranked, get_strategy
 __all__ = ["GateOptions", "PoolScorer", "RoundResult", "adaptation_round", "initial_checkpoint"]
 
 SCORE_KEY = "entropy"
+INTERACTIVE_CLICKS = 5  # the gate's interactive curve: a box, then this many corrective clicks
+INTERACTIVE_TOLERANCE = 0.005  # mean Dice the candidate may lose on it (rounding, not a trend)
 
 
 def initial_checkpoint(
@@ -111,6 +114,44 @@ class RoundResult:
     gate: GateResult | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    interactive: dict[str, list[float]] = field(default_factory=dict)
+    active_interactive: dict[str, list[float]] | None = None
+
+    @property
+    def interactive_summary(self) -> dict[str, Any]:
+        """Mean Dice per step (box, then each click) of the candidate and the active model."""
+        return {
+            "clicks": INTERACTIVE_CLICKS,
+            "candidate": _mean_curve(self.interactive),
+            "active": None if self.active_interactive is None else _mean_curve(self.active_interactive),
+        }
+
+
+def _mean_curve(curves: Mapping[str, Sequence[float]]) -> list[float] | None:
+    if not curves:
+        return None
+    return [round(float(v), 4) for v in np.mean(list(curves.values()), axis=0)]
+
+
+def _interactive_verdict(
+    candidate: Mapping[str, Sequence[float]], active: Mapping[str, Sequence[float]] | None
+) -> str | None:
+    """Why the candidate is worse than the active model on the interactive curve (mean Dice over the
+    box and the corrective clicks, the same cases), or None when it is not."""
+    if active is None:
+        return None
+    shared = sorted(set(candidate) & set(active))
+    if not shared:
+        return None
+    ours = float(np.mean([np.mean(candidate[c]) for c in shared]))
+    theirs = float(np.mean([np.mean(active[c]) for c in shared]))
+    if ours < theirs - INTERACTIVE_TOLERANCE:
+        return (
+            f"not promotable: worse than the active model on the interactive curve (box then "
+            f"{INTERACTIVE_CLICKS} corrective clicks, {len(shared)} validation cases): mean Dice "
+            f"{ours:.3f} vs {theirs:.3f}; annotators would need more clicks with it"
+        )
+    return None
 
     @property
     def validation_dice(self) -> float | None:
@@ -182,6 +223,15 @@ def adaptation_round(
         else evaluate_task(active_task, validation, modality=train.modality)
     )
     promotable, reason, verdict = _verdict(candidate, active_scores, options)
+    curves, active_curves = {}, None
+    if validation and trainer.config.guidance:
+        # the interactive curve too: a model annotators click with must not need more clicks
+        curves = _curve(Native3DTask(network=trainer.network, config=trainer.config), validation, train)
+        if active_task is not None and active_task.config.guidance:
+            active_curves = _curve(active_task, validation, train)
+        worse = _interactive_verdict(curves, active_curves)
+        if worse is not None and promotable:
+            promotable, reason = False, worse
     means = case_means(candidate)
     adapter = out_dir / "adapter.pt"
     trainer.save_adapter(
@@ -202,6 +252,14 @@ def adaptation_round(
         reason=reason,
         gate=verdict,
         seconds=time.perf_counter() - start,
+        interactive=curves,
+        active_interactive=active_curves,
+    )
+
+
+def _curve(task: Native3DTask, cases: Sequence[TrainCase], train: TrainConfig) -> dict[str, list[float]]:
+    return interactive_curve(
+        task, cases, modality=train.modality, n_clicks=INTERACTIVE_CLICKS, seed=train.seed
     )
 
 

@@ -427,3 +427,46 @@ def effort_by_model(cases: Iterable[ApprovedCase], *, project: Project) -> list[
 
 def approved_count(*, project: Project) -> int:
     return Case.objects.filter(project=project, status=Case.Status.APPROVED).count()
+
+
+@dataclass(frozen=True)
+class InteractiveRoute:
+    """Which model answers a project's boxes and clicks: plain values a Celery message can carry."""
+
+    model: str  # "native3d" (a project's adapted net); no route means LiteMedSAM
+    version_id: int
+    number: int
+    weights: str  # relative to MEDIA_ROOT
+    sha256: str
+    modality: str
+
+    def as_message(self) -> dict:
+        return {
+            "model": self.model,
+            "version_id": self.version_id,
+            "number": self.number,
+            "weights": self.weights,
+            "sha256": self.sha256,
+            "modality": self.modality,
+        }
+
+
+def interactive_route(*, project: Project) -> InteractiveRoute | None:
+    """The project's best interactive model: its active version once there is one (trained with clicks
+    placed on its own errors, it edits the annotator's mask), else None: LiteMedSAM answers. Read at
+    every request, so a promotion or a rollback takes effect at the next click."""
+    version = (
+        ModelVersion.objects.filter(project=project, state=ModelVersion.State.ACTIVE)
+        .exclude(weights_path="")
+        .first()
+    )
+    if version is None:
+        return None
+    return InteractiveRoute(
+        model="native3d",
+        version_id=version.id,
+        number=version.number,
+        weights=version.weights_path,
+        sha256=version.weights_sha256,
+        modality=project.modality or "MR",
+    )

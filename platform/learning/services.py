@@ -338,6 +338,8 @@ def model_version_record(*, job: Job, result, parent: ModelVersion | None, base:
             candidate_mean=result.gate.candidate_mean,
             active_mean=result.gate.active_mean,
         )
+    if result.interactive:
+        gate["interactive"] = result.interactive_summary  # mean Dice after the box and each click
     version = ModelVersion.objects.create(
         project=job.project,
         number=number,
