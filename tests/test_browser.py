@@ -611,3 +611,27 @@ def test_double_reading_compared_and_agreement_reported(live_server, team, small
     )
     pages.shot(admin, "agreement")
     assert not pages.page_errors, pages.page_errors
+
+
+def test_an_admin_approves_their_own_work_only_with_a_reason(live_server, team, small_project, pages):
+    base, project = live_server.url, small_project
+    case = submit_as(project, team["admin"], drawn(3))
+    admin = pages.open("admin")
+    log_in_here(admin, base, team["admin"])
+    admin.goto(f"{base}/cases/{case.id}/")
+    wait_ready(admin)
+    asked: list[str] = []
+
+    def answer(dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept("the only reviewer on call tonight")
+
+    admin.once("dialog", answer)
+    admin.click("#approve")
+    admin.wait_for_function(
+        "() => /Approved version 1/.test(document.getElementById('lock-banner').textContent)"
+    )
+    assert "another reviewer approves it" in asked[0]
+    review = Review.objects.get(case=case)
+    assert review.override_reason == "the only reviewer on call tonight"
+    assert not pages.page_errors, pages.page_errors
