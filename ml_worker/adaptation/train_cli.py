@@ -91,6 +91,14 @@ def _label_set(labels: Path, cases: list[Any]) -> dict[int, str]:
             help="hold out this fixed hash-split fraction (names written to OUT.test.txt)",
         ),
         arg("--pretrained", type=Path, default=None, help="Volume Fusion weights (`pretrain`) to start from"),
+        arg(
+            "--init",
+            type=Path,
+            default=None,
+            help="continue from this native 3D weights file (its network and label set; e.g. a longer or "
+            "click-focused second stage)",
+        ),
+        arg("--max-iterations", type=int, default=4, help="simulated click rounds per sample, 0..N (4)"),
         arg("--epochs", type=int, default=20, help="epochs (default 20)"),
         arg("--steps-per-epoch", type=int, default=0, help="optimizer steps per epoch (default: one pass)"),
         arg("--batch-size", type=int, default=2, help="samples per step (default 2)"),
@@ -99,7 +107,7 @@ def _label_set(labels: Path, cases: list[Any]) -> dict[int, str]:
         arg("--spacing", type=_floats, default=None, help="resample to mm: S or R,A,S (default: keep)"),
         arg("--init-filters", type=int, default=16, help="network width (default 16)"),
         arg("--modality", default="MR", help="intensity normalisation: CT or other (default MR)"),
-        arg("--prompt-fraction", type=float, default=0.5, help="samples with simulated prompts (0.5)"),
+        arg("--prompt-fraction", type=float, default=0.7, help="samples trained interactively (0.7)"),
         arg("--validate-every", type=int, default=1, help="score the held-out cases every N epochs"),
         arg("--seed", type=int, default=0, help="seed (default 0)"),
         arg("--checkpoint-dir", type=Path, default=None, help="default: OUT with suffix .ckpt"),
@@ -119,7 +127,7 @@ def train_command(args: argparse.Namespace) -> int:
     from ml_worker.adaptation.train import CheckpointMismatchError, TrainCase, TrainConfig, Trainer
     from ml_worker.inference.eval import find_cases
     from ml_worker.models.checkpoints import CheckpointError, file_sha256, select_device
-    from ml_worker.models.native3d import save_native3d
+    from ml_worker.models.native3d import load_native3d, save_native3d
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -148,12 +156,19 @@ def train_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             modality=args.modality,
             prompt_fraction=args.prompt_fraction,
+            max_iterations=args.max_iterations,
             validate_every=args.validate_every,
         )
         device = select_device(args.device)
         torch.manual_seed(args.seed)  # the initial weights
-        network = model.build()
         transfer = None
+        if args.init is not None:
+            if args.pretrained is not None:
+                raise ValueError("--init and --pretrained are alternatives: give one")
+            network, model = load_native3d(args.init)
+            values = model.label_values
+        else:
+            network = model.build()
         if args.pretrained is not None:
             transfer = transfer_pretrained(args.pretrained, network).summary()
         trainer = Trainer(
@@ -161,7 +176,7 @@ def train_command(args: argparse.Namespace) -> int:
             config=model,
             method=get_method("native3d", "full"),
             train=train,
-            base_sha256=file_sha256(args.pretrained) if args.pretrained else None,
+            base_sha256=file_sha256(args.init or args.pretrained) if (args.init or args.pretrained) else None,
             device=device,
             checkpoint_dir=args.checkpoint_dir or args.out.with_suffix(".ckpt"),
         )

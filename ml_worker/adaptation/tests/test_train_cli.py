@@ -82,3 +82,20 @@ def test_held_out_split_is_fixed_and_disjoint():
     assert held_out_split(list(reversed(ids)), test_fraction=0.2)[1] == list(reversed(held))
     with pytest.raises(ValueError, match="no training cases"):
         held_out_split(["a"], exclude={"a"})
+
+
+def test_init_continues_from_a_native_weights_file(folder, tmp_path, capsys):
+    first = tmp_path / "first.pt"
+    assert run(folder, first, capsys=capsys)[0] == 0
+    second = tmp_path / "second.pt"
+    rc, summary = run(folder, second, "--init", str(first), "--max-iterations", "2", capsys=capsys)
+    assert rc == 0
+    before, _ = load_native3d(first)
+    after, config = load_native3d(second)
+    assert config == load_native3d(first)[1]  # the file's network and label set
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(before.state_dict().values(), after.state_dict().values(), strict=True)
+    )
+    rc, err = run(folder, tmp_path / "x.pt", "--init", str(first), "--pretrained", str(first), capsys=capsys)
+    assert rc == 2 and "--init and --pretrained are alternatives" in err
