@@ -77,6 +77,11 @@ export interface InteractiveResult {
   model: string;
   /** The project's model version that answered; absent or null for a model without versions. */
   model_version?: number | string | null;
+  /** Slices of the structure's slab (the box's extent) the model has encoded so far, of slices_total. */
+  slices_ready: number;
+  slices_total: number;
+  /** The mask grows as more slices are encoded: send the same request again. */
+  pending: boolean;
 }
 
 export class ApiError extends Error {

@@ -6,10 +6,15 @@
  *
  * Taking back the last click (Backspace) restores the mask from before its answer when that answer is
  * still the newest edit, and otherwise asks the model again with the prompts that remain.
+ *
+ * On a volume the model is still preparing, the answer covers the slices encoded so far: the page says
+ * how far that is and asks again by itself until it is complete; a request no worker answered is retried
+ * by itself. Effort counts a prompt and its model call only once answered (see case_readiness.ts).
  */
 
 import type { Api, ClickPrompt } from "./api";
 import type { CaseLock } from "./case_lock";
+import { UnansweredPrompts, afterAnswer, afterError, readinessText } from "./case_readiness";
 import { $, type Notices, type PageMetrics, fmtBytes } from "./case_ui";
 import type { EffortCounter } from "./effort";
 import { classMaskFrom, labelBox } from "./labelmap";
@@ -44,6 +49,9 @@ export class CasePrompts {
   private busy = false;
   private queued: number | null = null;
   private answers = new Map<number, Answer[]>();
+  private unanswered = new UnansweredPrompts();
+  /** A follow-up request waiting to go (slices still arriving, or a retry), per class. */
+  private followUps = new Map<number, ReturnType<typeof setTimeout>>();
 
   constructor(private readonly ctx: PromptsContext) {}
 
@@ -58,8 +66,8 @@ export class CasePrompts {
 
   /** A new box starts a new interaction for the class; its extents merge with the previous box's. */
   box(drawn: DrawnBox): void {
-    this.ctx.effort.click();
     const label = this.ctx.viewer.penValue;
+    this.unanswered.prompt(label);
     const previous = this.sessions.get(label)?.box ?? null;
     this.sessions.set(label, { box: mergeBox(previous, drawn), clicks: [] });
     this.answers.delete(label);
@@ -69,8 +77,7 @@ export class CasePrompts {
 
   /** Clicks refine the class's interaction; without a box yet, the box around the class's voxels is used. */
   click(click: ClickPrompt): void {
-    const { viewer, effort, notices, labelName } = this.ctx;
-    effort.click();
+    const { viewer, notices, labelName } = this.ctx;
     const label = viewer.penValue;
     const s = this.session(label);
     if (!s.box) {
@@ -81,6 +88,7 @@ export class CasePrompts {
       }
       s.box = padBox(around, viewer.o.dims);
     }
+    this.unanswered.prompt(label);
     s.clicks.push(click);
     this.show();
     void this.call(label);
@@ -115,8 +123,11 @@ export class CasePrompts {
 
   /** Forget the current class's prompts (Esc). */
   clear(): void {
-    this.sessions.delete(this.ctx.viewer.penValue);
-    this.answers.delete(this.ctx.viewer.penValue);
+    const label = this.ctx.viewer.penValue;
+    this.sessions.delete(label);
+    this.answers.delete(label);
+    this.unanswered.forget(label);
+    this.cancelFollowUp(label);
     this.show();
   }
 
@@ -124,7 +135,35 @@ export class CasePrompts {
   clearAll(): void {
     this.sessions.clear();
     this.answers.clear();
+    this.unanswered.forget();
+    for (const label of [...this.followUps.keys()]) this.cancelFollowUp(label);
     this.show();
+  }
+
+  private cancelFollowUp(label: number): void {
+    clearTimeout(this.followUps.get(label));
+    this.followUps.delete(label);
+    this.showReadiness("");
+  }
+
+  /** Ask again for `label` after `ms` (a new prompt of the class sends its own request meanwhile). */
+  private followUp(label: number, ms: number, attempt: number): void {
+    clearTimeout(this.followUps.get(label));
+    this.followUps.set(
+      label,
+      setTimeout(() => {
+        this.followUps.delete(label);
+        if (this.sessions.get(label)?.box) void this.call(label, attempt);
+      }, ms),
+    );
+  }
+
+  /** "preparing the model: 12 of 34 slices" beside the tools ("" hides it). */
+  private showReadiness(text: string): void {
+    const el = document.getElementById("model-readiness");
+    if (!el) return;
+    el.textContent = text;
+    el.hidden = !text;
   }
 
   /** Say what the current class's prompts are. */
@@ -145,12 +184,17 @@ export class CasePrompts {
       `Prompts for ${name}: ${box}${flat}, ${pos} positive and ${neg} negative clicks (Esc forgets them).`;
   }
 
-  /** One request at a time; prompts given meanwhile are sent together once it returns. */
-  private async call(label: number): Promise<void> {
+  /**
+   * One request at a time; prompts given meanwhile are sent together once it returns. `attempt`: retries
+   * of this request so far (a follow-up while slices arrive starts again at 0).
+   */
+  private async call(label: number, attempt = 0): Promise<void> {
     if (this.busy) {
       this.queued = label;
       return;
     }
+    clearTimeout(this.followUps.get(label));
+    this.followUps.delete(label);
     const { api, caseId, viewer, effort, lock, notices, metrics, labelName } = this.ctx;
     const s = this.session(label);
     const box = s.box;
@@ -158,14 +202,16 @@ export class CasePrompts {
     this.busy = true;
     document.body.classList.add("model-busy");
     const t0 = performance.now();
-    effort.modelCall();
-    notices.status(`Asking the model for ${labelName(label)}…`);
+    if (attempt === 0) notices.status(`Asking the model for ${labelName(label)}…`);
     try {
       const clicks = [...s.clicks];
       const { result, bytesSent } = await lock.withLock(() => api.interactive(caseId, { label, box, clicks }));
       const cm = classMaskFrom(viewer.o, result.label ?? label, result.mask);
       const before = viewer.history.top;
       const voxels = viewer.applyClassMask(cm);
+      const counted = this.unanswered.answered(label);
+      for (let i = 0; i < counted.clicks; i++) effort.click();
+      if (counted.modelCall) effort.modelCall();
       const top = viewer.history.top;
       const answers = this.answers.get(label) ?? [];
       answers.push({ clicks: clicks.length, step: top === before ? 0 : top, top });
@@ -173,14 +219,27 @@ export class CasePrompts {
       this.showAnswer(result.model, result.model_version);
       const ms = performance.now() - t0;
       metrics.modelCalls.push({ ms, bytesSent, voxels, label });
+      const preparing = readinessText(result);
+      this.showReadiness(preparing);
       notices.status(
         `Model: ${voxels} voxels of ${labelName(label)} in ${Math.round(ms)} ms ` +
-          `(model ${Math.round((result.seconds ?? 0) * 1000)} ms, sent ${fmtBytes(bytesSent)}).`,
+          `(model ${Math.round((result.seconds ?? 0) * 1000)} ms, sent ${fmtBytes(bytesSent)})` +
+          (preparing ? `; ${preparing}, the mask grows as they arrive.` : "."),
         "ok",
       );
+      const next = afterAnswer(result);
+      if (next.kind === "poll") this.followUp(label, next.afterMs, 0);
     } catch (err) {
-      this.answers.delete(label);
-      this.ctx.failure(err, MODEL_CALL);
+      const next = afterError(err, attempt);
+      if (next.kind === "retry") {
+        notices.status(`The model has not answered yet for ${labelName(label)}: asking again…`, "warn");
+        this.followUp(label, next.afterMs, attempt + 1);
+      } else {
+        this.answers.delete(label);
+        this.unanswered.forget(label);
+        this.showReadiness("");
+        this.ctx.failure(err, MODEL_CALL);
+      }
     } finally {
       this.busy = false;
       document.body.classList.remove("model-busy");

@@ -1,0 +1,32 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { ApiError } from "../src/api";
+import { RETRY_MS, UnansweredPrompts, afterAnswer, afterError, readinessText } from "../src/case_readiness";
+
+test("readiness says how many slices of the structure are ready while the mask still grows", () => {
+  assert.equal(readinessText({ slices_ready: 12, slices_total: 34, pending: true }), "preparing the model: 12 of 34 slices");
+  assert.equal(readinessText({ slices_ready: 34, slices_total: 34, pending: false }), "");
+  assert.deepEqual(afterAnswer({ slices_ready: 1, slices_total: 34, pending: true }).kind, "poll");
+  assert.deepEqual(afterAnswer({ slices_ready: 34, slices_total: 34, pending: false }), { kind: "done" });
+});
+
+test("no answer in time is retried by itself, with growing waits, then reported", () => {
+  const timeout = new ApiError(504, "No model worker answered within 30 s");
+  assert.deepEqual(afterError(timeout, 0), { kind: "retry", afterMs: RETRY_MS[0] });
+  assert.deepEqual(afterError(new ApiError(0, "cannot be reached"), 1), { kind: "retry", afterMs: RETRY_MS[1] });
+  assert.deepEqual(afterError(timeout, RETRY_MS.length), { kind: "fail" });
+  assert.deepEqual(afterError(new ApiError(400, "click outside the volume"), 0), { kind: "fail" });
+  assert.deepEqual(afterError(new ApiError(423, "someone else holds this case"), 0), { kind: "fail" });
+});
+
+test("prompts count as clicks and a model call only once answered; follow-ups count nothing", () => {
+  const u = new UnansweredPrompts();
+  u.prompt(1); // the box
+  u.prompt(1); // a click placed while its request ran
+  u.prompt(2);
+  assert.deepEqual(u.answered(1), { clicks: 2, modelCall: true });
+  assert.deepEqual(u.answered(1), { clicks: 0, modelCall: false }); // the page asking again as slices arrive
+  u.forget(2); // its request failed for good: never counted
+  assert.deepEqual(u.answered(2), { clicks: 0, modelCall: false });
+});
