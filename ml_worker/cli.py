@@ -48,6 +48,7 @@ COMMANDS: dict[str, Command] = {}
 # Modules that register more commands when imported (they import this one, so they load lazily).
 COMMAND_MODULES = (
     "ml_worker.inference.bench",
+    "ml_worker.inference.bench_encoder",
     "ml_worker.adaptation.pretrain_cli",
     "ml_worker.adaptation.train_cli",
     "ml_worker.adaptation.simulate_al_cli",
@@ -135,6 +136,12 @@ def _int_list(text: str) -> list[int]:
         arg("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"),
         arg("--cache-dir", type=Path, default=None, help="keep slice embeddings here across runs"),
         arg("--cache-gb", type=float, default=2.0, help="in-memory embedding cache bound (default 2 GiB)"),
+        arg(
+            "--encoder",
+            default="auto",
+            help="LiteMedSAM image encoder runtime: auto (the fastest here), openvino-bf16, onnxruntime, "
+            "openvino-f32, torch-bf16, torch-f32",
+        ),
     ],
 )
 def interactive_eval_command(args: argparse.Namespace) -> int:
@@ -157,6 +164,7 @@ def interactive_eval_command(args: argparse.Namespace) -> int:
         load_litemedsam,
         select_device,
     )
+    from ml_worker.models.encoders import EncoderUnavailable, build_encoder
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -192,8 +200,15 @@ def interactive_eval_command(args: argparse.Namespace) -> int:
 
         if task is None:
             model_id = f"litemedsam/{LITEMEDSAM_SHA256[:16]}"
+            model = load_litemedsam(device=device)
+            try:
+                encoder = build_encoder(model, args.encoder, weights_id=LITEMEDSAM_SHA256)
+            except (ValueError, EncoderUnavailable) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             open_case = litemedsam_sessions(
-                model=load_litemedsam(device=device),
+                model=model,
+                encoder=encoder,
                 model_id=model_id,
                 config=config,
                 cache=EmbeddingCache(max_bytes=int(args.cache_gb * (1 << 30)), directory=args.cache_dir),
@@ -222,6 +237,8 @@ def interactive_eval_command(args: argparse.Namespace) -> int:
             on_case=on_case,
         )
         slices.close()
+    if task is None:
+        report["encoder"] = encoder.name
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["summary"], indent=1))

@@ -7,7 +7,9 @@
   and extrapolates to the whole volume (the embeddings computed at pre-segmentation for clicks).
 - ``bench-click``: the interactive protocol of ``interactive-eval`` on a real hippocampus case
   resampled to a larger grid (default 256x256x128), so a structure spans as many slices as in a
-  full-brain MR: click latency on cached embeddings is what an annotator waits for.
+  full-brain MR: click latency on cached embeddings is what an annotator waits for; beside it the
+  cold start (the first mask after the first box on a never-seen volume, the case as it is and
+  resampled: see `bench_encoder.cold_start`).
 """
 
 from __future__ import annotations
@@ -117,12 +119,13 @@ def _scenario(spec: dict[str, Any]) -> dict[str, Any]:
 def _time_encoder(image: np.ndarray, spec: dict[str, Any]) -> dict[str, Any]:
     from ml_worker.inference.embeddings import encode_volume
     from ml_worker.models.checkpoints import load_litemedsam, select_device
+    from ml_worker.models.encoders import build_encoder
 
     device = select_device(spec["device"])
     model = load_litemedsam(device=device)
     n = min(spec["encode_slices"], image.shape[2])
     began = time.perf_counter()
-    encode_volume(model, image[:, :, :n], device=device)
+    encode_volume(model, image[:, :, :n], encoder=build_encoder(model))
     per_slice = (time.perf_counter() - began) / n
     return {
         "slices_timed": n,
@@ -241,7 +244,7 @@ def bench_click_command(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-click-") as tmp:
         folder = Path(tmp)
-        resample_case(args.image, args.label, args.shape, folder)
+        name = resample_case(args.image, args.label, args.shape, folder)
         out = args.out or folder / "report.json"
         argv = ["interactive-eval", "--images", str(folder / "images"), "--labels", str(folder / "labels"),
                 "--clicks", str(args.clicks), "--out", str(out)]  # fmt: skip
@@ -249,4 +252,16 @@ def bench_click_command(args: argparse.Namespace) -> int:
                             ("--threads", args.threads)):  # fmt: skip
             if value is not None:
                 argv += [flag, str(value)]
-        return main(argv)
+        status = main(argv)
+        if status != 0 or getattr(args, "checkpoint", None) is not None:
+            return status
+        # beside the cached figures: the first box on a never-seen volume, encoded on demand
+        from ml_worker.inference.bench_encoder import cold_start
+
+        resampled = (folder / "images" / f"{name}.nii", folder / "labels" / f"{name}.nii")
+        cold = [cold_start(*pair, device=args.device) for pair in ((args.image, args.label), resampled)]
+        report = json.loads(out.read_text())
+        report["cold_start"] = cold
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps({"cold_start": cold, "cached_latency_s": report["summary"]["latency_s"]}, indent=1))
+        return 0

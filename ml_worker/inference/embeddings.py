@@ -1,7 +1,9 @@
 """Image embeddings of every slice of a volume, computed once and cached.
 
-The LiteMedSAM image encoder costs ~1.9 s per slice on a 2-core CPU and the prompt decoder ~0.1 s,
-so a volume is encoded ahead (at pre-segmentation) and every later prompt only decodes. Embeddings
+The LiteMedSAM image encoder costs ~1.3 s per slice on a 2-core CPU in torch float32 (~0.3-0.6 s on
+the runtimes of `ml_worker.models.encoders`) and the prompt decoder ~0.1 s, so a volume is encoded
+ahead (at pre-segmentation, or slice by slice on demand: see `slice_store`) and every later prompt
+only decodes. Embeddings
 are float16, ``(K, 256, 64, 64)`` = 2 MiB per slice: a 35-slice hippocampus crop is 73 MiB, a
 128-slice MR 268 MiB, hence a cache bounded by bytes.
 
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ml_worker.models.checkpoints import autocast
+from ml_worker.inference.slice_store import SliceStore
+from ml_worker.models.encoders import SliceEncoder, TorchEncoder
 from ml_worker.models.litemedsam import (
     EMBEDDING_DIM,
     EMBEDDING_SIZE,
@@ -83,11 +86,14 @@ class VolumeEmbeddings:
 
     embeddings: ``(K, 256, 64, 64)`` float16 (K = slices along `axis`; may be memory-mapped).
     shape: the volume's ``(I, J, K)``.
+    store: where the embeddings are still arriving slice by slice (encode on demand); None when
+        every slice is there.
     """
 
     embeddings: np.ndarray
     shape: tuple[int, int, int]
     axis: int = 2
+    store: SliceStore | None = None
 
     def __post_init__(self) -> None:
         expected = (self.shape[self.axis], EMBEDDING_DIM, EMBEDDING_SIZE, EMBEDDING_SIZE)
@@ -100,6 +106,12 @@ class VolumeEmbeddings:
     @property
     def n_slices(self) -> int:
         return int(self.embeddings.shape[0])
+
+    def ready(self) -> np.ndarray:
+        """Bool ``(K,)``: the slices encoded so far (all of them without a `store`)."""
+        if self.store is None:
+            return np.ones(self.n_slices, dtype=bool)
+        return self.store.done()
 
     @property
     def transform(self) -> SliceTransform:
@@ -117,15 +129,30 @@ class VolumeEmbeddings:
 
 
 @torch.inference_mode()
+def encode_slices(
+    encoder: SliceEncoder, volume: np.ndarray, indices: list[int], *, axis: int = 2
+) -> np.ndarray:
+    """Encode slices `indices` along `axis` of a normalised volume (see `normalise_mr`).
+
+    Returns:
+        ``(len(indices), 256, 64, 64)`` float16 embeddings.
+    """
+    if not indices:
+        return np.empty((0, EMBEDDING_DIM, EMBEDDING_SIZE, EMBEDDING_SIZE), dtype=np.float16)
+    images = torch.stack([preprocess_slice(volume_slice(volume, axis, k))[0] for k in indices])
+    return encoder(images).numpy().astype(np.float16)
+
+
+@torch.inference_mode()
 def encode_volume(
     model: LiteMedSAM,
     array: np.ndarray,
     *,
     axis: int = 2,
     batch_size: int = 4,
-    device: torch.device | str | None = None,
     progress: Progress | None = None,
     normalise: Callable[[np.ndarray], np.ndarray] = normalise_mr,
+    encoder: SliceEncoder | None = None,
 ) -> np.ndarray:
     """Encode every slice of a volume along `axis`.
 
@@ -134,10 +161,11 @@ def encode_volume(
         array: ``(I, J, K)`` volume, any real dtype.
         axis: slice axis (2: slices along k).
         batch_size: slices per encoder call.
-        device: where to run the encoder; default the model's.
         progress: called with (slices done, slices in all) after each batch.
         normalise: volume-level intensity normalisation before each slice's own min-max
             (default `normalise_mr`).
+        encoder: the runtime to encode with (see `ml_worker.models.encoders.build_encoder`);
+            default the model in torch (float32 on CPU).
 
     Returns:
         ``(K, 256, 64, 64)`` float16 embeddings, K = ``array.shape[axis]``.
@@ -148,16 +176,14 @@ def encode_volume(
     in_plane_axes(axis)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if encoder is None:
+        encoder = TorchEncoder(model)
     volume = normalise(array)
     n = volume.shape[axis]
     out = np.empty((n, EMBEDDING_DIM, EMBEDDING_SIZE, EMBEDDING_SIZE), dtype=np.float16)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        images = torch.stack([preprocess_slice(volume_slice(volume, axis, k))[0] for k in range(start, stop)])
-        with autocast(device):
-            features = model.encode(images.to(device))
-        out[start:stop] = features.float().cpu().numpy().astype(np.float16)
+        out[start:stop] = encode_slices(encoder, volume, list(range(start, stop)), axis=axis)
         if progress is not None:
             progress(stop, n)
     return out

@@ -36,6 +36,7 @@ from ml_worker.inference.prompts import Box3D, Click
 from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig
 from ml_worker.inference.simulate import jittered_box, next_click
 from ml_worker.models.checkpoints import file_sha256
+from ml_worker.models.encoders import SliceEncoder
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -209,10 +210,12 @@ def litemedsam_sessions(
     cache: EmbeddingCache,
     device: torch.device | str = "cpu",
     on_slices: Callable[[int, int], None] | None = None,
+    encoder: SliceEncoder | None = None,
 ) -> OpenCase:
     """LiteMedSAM 3D sessions over each volume's slice embeddings (encoded once, then cached).
 
-    A cache hit skips the encoder: its time is then not measured (None).
+    A cache hit skips the encoder: its time is then not measured (None). `encoder`: the runtime of
+    the image encoder (default torch on the model's device).
     """
 
     def open_case(case: Case, image: np.ndarray, affine: np.ndarray) -> tuple[Callable, float | None]:
@@ -221,7 +224,7 @@ def litemedsam_sessions(
         stored = cache.get(key)
         if stored is None:
             began = time.perf_counter()
-            array = encode_volume(model, image, axis=config.axis, device=device, progress=on_slices)
+            array = encode_volume(model, image, axis=config.axis, progress=on_slices, encoder=encoder)
             encode_s = time.perf_counter() - began
             stored = cache.put(key, array)
         embeddings = VolumeEmbeddings(stored, tuple(image.shape), config.axis)

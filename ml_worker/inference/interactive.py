@@ -1,4 +1,4 @@
-"""The warm interactive segmenter a worker process keeps: one model, cached embeddings, live sessions.
+"""The warm interactive segmenter a worker process keeps: one model, its encoder, embeddings, sessions.
 
 A request carries the whole interaction for one structure (its box and every click so far), so any
 worker can answer it and a lost worker loses nothing. The worker that answered the previous request
@@ -6,9 +6,12 @@ of the same interaction still holds its session: when the new request only adds 
 session has seen, only the new clicks are decoded (the cheap path, ~5 slices per click); otherwise the
 interaction is replayed from the box.
 
-Embeddings are computed ahead (:meth:`InteractiveSegmenter.embed`, queue ``gpu``, at ingest or
-pre-segmentation) and stored in a folder shared by the workers; a request for a volume without them
-raises :class:`EmbeddingsMissing` rather than blocking an interactive worker for minutes.
+Encode on demand (see `slice_store`): a volume whose embeddings are not complete is still answered at
+once. The slice the box or the last click is on is encoded here first (~0.3-0.6 s on a 2-core CPU),
+that slice is decoded and the answer goes back with how many slices of the structure's slab are ready;
+the embeddings task (:meth:`InteractiveSegmenter.embed`, queue ``gpu``) encodes the rest of the slab
+outward from that slice, and the same request sent again (the page polls) grows the mask over the
+slices that have arrived. Volumes at the top of the worklist are encoded whole ahead of time.
 """
 
 from __future__ import annotations
@@ -16,16 +19,25 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ml_worker.inference.embeddings import EmbeddingCache, VolumeEmbeddings, cache_key, encode_volume
+from ml_worker.inference.embeddings import (
+    EmbeddingCache,
+    VolumeEmbeddings,
+    cache_key,
+    encode_slices,
+    normalise_mr,
+)
 from ml_worker.inference.prompts import Box3D, Click, PromptError
 from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig
+from ml_worker.inference.slice_store import Focus, Readiness, SliceStore, iter_pending
 from ml_worker.io.volume import load_volume
 from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, load_litemedsam, select_device
+from ml_worker.models.encoders import build_encoder
 
 MODEL_ID = f"litemedsam/{LITEMEDSAM_SHA256[:16]}"
 
@@ -35,29 +47,34 @@ def embeddings_key(volume_sha256: str, axis: int = 2) -> str:
     return cache_key(volume_sha256, MODEL_ID, f"axis{axis}")
 
 
-class EmbeddingsMissing(LookupError):
-    """The volume's embeddings have not been computed yet."""
-
-
 @dataclass(frozen=True)
 class Answer:
-    """The mask for one structure after a request, and what it cost."""
+    """The mask for one structure after a request, and what it cost.
+
+    ready: slices of the structure's slab (the box's extent along the slice axis) encoded so far,
+        of `ready.total`; `pending` is True while the mask will still grow as more arrive.
+    """
 
     mask: np.ndarray  # bool (I, J, K)
     seconds: float
     slices_decoded: int
-    incremental: bool  # only new clicks were decoded (a warm session)
+    incremental: bool  # only new clicks (or newly arrived slices) were decoded: a warm session
+    ready: Readiness
+    pending: bool
+    slices_encoded: int = 0  # encoded for this request (the prompted slices, on demand)
 
 
 class InteractiveSegmenter:
     """LiteMedSAM 3D for many volumes and structures in one process.
 
     Args:
-        embeddings_dir: shared folder of embeddings (written by :meth:`embed`).
-        cache_bytes: bound of the embeddings held in memory.
+        embeddings_dir: shared folder of embeddings (written by :meth:`embed` and on demand).
+        cache_bytes: bound of the complete embeddings held in memory.
         max_sessions: live sessions kept (least recently used dropped first).
         device: where the model runs (default CUDA when present).
         axis: slice axis of the 2D model (2: the acquisition plane of an axial series).
+        encoder: image encoder runtime (see `ml_worker.models.encoders`; "auto": the fastest here).
+        volumes_kept: normalised volumes kept in memory for encoding on demand.
     """
 
     def __init__(
@@ -69,18 +86,24 @@ class InteractiveSegmenter:
         device: str | None = None,
         propagation: PropagationConfig | None = None,
         axis: int = 2,
+        encoder: str = "auto",
+        volumes_kept: int = 2,
     ) -> None:
         self.axis = axis
         self.device = select_device(device)
         self.model = load_litemedsam(device=self.device)
+        self.directory = Path(embeddings_dir)
+        self.encoder = build_encoder(self.model, encoder, weights_id=LITEMEDSAM_SHA256)
         self.cache = EmbeddingCache(max_bytes=cache_bytes, directory=embeddings_dir)
         self.propagation = propagation or PropagationConfig()
         self.max_sessions = max_sessions
+        self.volumes_kept = volumes_kept
         # (volume sha, label) -> (session, box, clicks it has seen)
         self._sessions: OrderedDict[tuple[str, int], tuple[LiteMedSAM3D, Box3D, tuple[Click, ...]]] = (
             OrderedDict()
         )
-        self._lock = threading.Lock()  # one request at a time per process: the model is not re-entrant
+        self._volumes: OrderedDict[str, np.ndarray] = OrderedDict()  # sha -> normalised volume
+        self._lock = threading.Lock()  # one model call at a time per process: the model is not re-entrant
 
     def key(self, volume_sha256: str) -> str:
         return embeddings_key(volume_sha256, self.axis)
@@ -88,47 +111,98 @@ class InteractiveSegmenter:
     def has_embeddings(self, volume_sha256: str) -> bool:
         return self.key(volume_sha256) in self.cache
 
-    def embed(self, volume_path: Path, volume_sha256: str) -> bool:
-        """Compute and store a volume's embeddings unless they exist; True if computed now."""
+    def store(self, volume_sha256: str, shape: tuple[int, int, int]) -> SliceStore:
+        return SliceStore(self.directory, self.key(volume_sha256), shape[self.axis])
+
+    def _volume(self, volume_path: Path, volume_sha256: str) -> np.ndarray:
+        volume = self._volumes.pop(volume_sha256, None)
+        if volume is None:
+            array, _ = load_volume(volume_path)
+            volume = normalise_mr(array)
+        self._volumes[volume_sha256] = volume
+        while len(self._volumes) > self.volumes_kept:
+            self._volumes.popitem(last=False)
+        return volume
+
+    def _encode(self, store: SliceStore, volume: np.ndarray, k: int) -> None:
+        with self._lock:
+            if not store.done()[k]:
+                store.write(k, encode_slices(self.encoder, volume, [k], axis=self.axis)[0])
+
+    def embed(
+        self,
+        volume_path: Path,
+        volume_sha256: str,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> bool:
+        """Encode a volume's slices not encoded yet, in the order its focus asks for (the slab of the
+        last prompted structure outward from the prompted slice, re-read before every slice), until
+        it is complete; True if any slice was encoded now. Safe to run twice or beside another worker.
+
+        progress: called with (slices encoded, slices in all) after each slice.
+        """
         if self.has_embeddings(volume_sha256):
             return False
-        array, _ = load_volume(volume_path)
-        with self._lock:
-            self.cache.put(
-                self.key(volume_sha256), encode_volume(self.model, array, axis=self.axis, device=self.device)
-            )
-        return True
+        volume = self._volume(volume_path, volume_sha256)
+        store = self.store(volume_sha256, volume.shape)
+        encoded = 0
+        for k in iter_pending(store):
+            self._encode(store, volume, k)
+            encoded += 1
+            if progress is not None:
+                progress(int(store.done().sum()), store.n_slices)
+        return encoded > 0
 
     def segment(
         self,
         *,
+        volume_path: Path,
         volume_sha256: str,
         shape: tuple[int, int, int],
         label: int,
         box: Box3D,
         clicks: tuple[Click, ...],
     ) -> Answer:
-        """The mask of structure `label` after `box` and `clicks` (all the clicks given so far).
+        """The mask of structure `label` after `box` and `clicks` (all the clicks given so far), over
+        the slices encoded so far. The slices the box (its middle) and the clicks are on are encoded
+        first when they are not yet; the slab's other slices are left to :meth:`embed`.
 
         Raises:
-            EmbeddingsMissing: :meth:`embed` has not run for this volume.
             PromptError: a prompt for another label, or outside the volume.
         """
         if box.label != label or any(c.label != label for c in clicks):
             raise PromptError(f"every prompt of a request must be for label {label}")
-        stored = self.cache.get(self.key(volume_sha256))
-        if stored is None:
-            raise EmbeddingsMissing(f"no embeddings for volume {volume_sha256[:12]} yet")
         began = time.perf_counter()
+        shape = tuple(int(v) for v in shape)
+        lo, hi = int(box.lo[self.axis]), int(box.hi[self.axis])
+        stored = self.cache.get(self.key(volume_sha256))
+        store = None
+        encoded = 0
+        if stored is None:
+            store = self.store(volume_sha256, shape)
+            prompted = [c.ijk[self.axis] for c in clicks[::-1]] + [(lo + hi) // 2]
+            store.set_focus(Focus(slice=int(prompted[0]), lo=lo, hi=hi))
+            done = store.done()
+            todo = list(dict.fromkeys(int(k) for k in prompted if not done[int(k)]))
+            if todo:
+                volume = self._volume(volume_path, volume_sha256)
+                for k in todo:
+                    self._encode(store, volume, k)
+                encoded = len(todo)
+            if store.complete:
+                stored, store = self.cache.get(self.key(volume_sha256)), None
+            else:
+                stored = store.array()
         with self._lock:
             key = (volume_sha256, label)
             live = self._sessions.pop(key, None)
             if live is not None and live[1] == box and clicks[: len(live[2])] == live[2]:
                 session, new_clicks, incremental = live[0], clicks[len(live[2]) :], True
                 decoded = session.slices_decoded
-                mask = session.mask
+                mask = session.resume()
             else:
-                embeddings = VolumeEmbeddings(stored, tuple(shape), self.axis)
+                embeddings = VolumeEmbeddings(stored, shape, self.axis, store=store)
                 session = LiteMedSAM3D(self.model, embeddings, label=label, config=self.propagation)
                 mask, new_clicks, incremental, decoded = session.start(box), clicks, False, 0
             for click in new_clicks:
@@ -136,4 +210,13 @@ class InteractiveSegmenter:
             self._sessions[key] = (session, box, clicks)
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
-        return Answer(mask, time.perf_counter() - began, session.slices_decoded - decoded, incremental)
+        ready = store.readiness(lo, hi) if store is not None else Readiness(hi - lo + 1, hi - lo + 1)
+        return Answer(
+            mask,
+            time.perf_counter() - began,
+            session.slices_decoded - decoded,
+            incremental,
+            ready=ready,
+            pending=session.pending,
+            slices_encoded=encoded,
+        )

@@ -46,6 +46,7 @@ __all__ = ["Native3DSession", "Native3DTask", "Prediction", "labels_from_probabi
 
 THRESHOLD = 0.5
 CLICK_REACH_SIGMAS = 3.0  # a click may change regions that start within its drawn ball (3 sigma)
+CONTEXT_MM = 16.0  # context the network sees around an interaction's box and clicks, per side
 
 
 @dataclass(frozen=True, eq=False)
@@ -333,21 +334,47 @@ class Native3DSession:
         self.clicks.append(click)
         return self._run("click")
 
+    def _window(self) -> tuple[slice, slice, slice]:
+        """The part of the volume the network looks at: the box and every click, with a margin of
+        ``CONTEXT_MM`` of context on each side (the whole volume when there is no box). A hippocampus
+        crop fits whole; on a 256x256x128 MR or a CT it keeps a click to one or two network windows."""
+        points = [np.asarray(c.ijk) for c in self.clicks]
+        if self.box is not None:
+            points += [np.asarray(self.box.lo), np.asarray(self.box.hi)]
+        if self.box is None or not points:
+            return tuple(slice(0, s) for s in self.image.shape)
+        margin = np.ceil(CONTEXT_MM / self.spacing).astype(int)
+        lo = np.maximum(np.min(points, axis=0) - margin, 0)
+        hi = np.minimum(np.max(points, axis=0) + margin + 1, self.image.shape)
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
     def _run(self, kind: str) -> np.ndarray:
         began = time.perf_counter()
+        window = self._window()
+        offset = np.array([w.start for w in window])
+        shift = np.eye(4)
+        shift[:3, 3] = offset  # window voxel -> volume voxel
         current = None
         if self.mask is not None:
-            current = np.where(self.mask, np.uint8(self.label), np.uint8(0))
-        prompts = Prompts(boxes=(self.box,) if self.box else (), clicks=tuple(self.clicks), mask=current)
+            current = np.where(self.mask[window], np.uint8(self.label), np.uint8(0))
+        boxes = ()
+        if self.box is not None:
+            lo, hi = np.asarray(self.box.lo) - offset, np.asarray(self.box.hi) - offset
+            boxes = (Box3D(self.label, tuple(int(v) for v in lo), tuple(int(v) for v in hi)),)
+        clicks = tuple(
+            Click(c.label, tuple(int(v) for v in np.asarray(c.ijk) - offset), c.positive) for c in self.clicks
+        )
         prediction = self.task(
-            image=self.image,
-            affine=self.affine,
+            image=self.image[window],
+            affine=np.asarray(self.affine, float) @ shift,
             modality=self.modality,
-            prompts=prompts.for_label(self.label),
+            prompts=Prompts(boxes=boxes, clicks=clicks, mask=current).for_label(self.label),
         )
         # This structure's own sigmoid, not the label map: another class must not take its voxels.
         channel = self.task.config.label_values.index(self.label)
-        self.raw = prediction.probabilities[channel] > THRESHOLD
+        # outside the window the structure stays as the annotator has it
+        self.raw = np.zeros(self.image.shape, dtype=bool) if self.mask is None else self.mask.copy()
+        self.raw[window] = prediction.probabilities[channel] > THRESHOLD
         self.mask = honour_clicks(
             self.raw,
             clicks=self.clicks,

@@ -540,7 +540,9 @@ class VersionCreateApi(Api):
 class CaseInteractiveApi(Api):
     """One model call on a case you hold: the box and every click so far for one class; answers that
     class's mask (base64 of gzip of 0/1 voxels in NIfTI order), which replaces the class in the viewer.
-    503 while the volume's embeddings are being computed; 504 when no model worker answers in time."""
+    On a volume still being encoded the answer covers the slices encoded so far (the prompted one
+    first): ``pending`` says the mask will grow, and the same request sent again returns more of it
+    (``slices_ready`` of ``slices_total`` of the structure's slab). 504 when no model worker answers."""
 
     permission = "annotation.annotate_case"
 
@@ -563,6 +565,9 @@ class CaseInteractiveApi(Api):
         seconds = serializers.FloatField(help_text="model time in the worker")
         incremental = serializers.BooleanField(help_text="only the new click was decoded")
         model = serializers.CharField()
+        slices_ready = serializers.IntegerField(help_text="slices of the structure's slab encoded so far")
+        slices_total = serializers.IntegerField(help_text="slices of the structure's slab (the box's extent)")
+        pending = serializers.BooleanField(help_text="the mask grows as more slices are encoded: ask again")
 
     def post(self, request, case_id: int):
         data = self.InputSerializer(data=request.data)
@@ -574,6 +579,9 @@ class CaseInteractiveApi(Api):
             "seconds": answer.seconds,
             "incremental": answer.incremental,
             "model": answer.model,
+            "slices_ready": answer.slices_ready,
+            "slices_total": answer.slices_total,
+            "pending": answer.pending,
         }
         return Response(self.OutputSerializer(body).data)
 

@@ -87,12 +87,6 @@ def api_exception_handler(exc, context):
     return response
 
 
-class ModelNotReadyError(ApplicationError):
-    """The model cannot answer for this volume yet (its image embeddings are being computed)."""
-
-    http_status = 503
-
-
 class ModelTimeoutError(ApplicationError):
     """No model worker answered in time."""
 

@@ -3,7 +3,8 @@
 Voxel data never rides the broker: a worker writes its answer as a file under
 ``MEDIA_ROOT/interactive/`` (gzip of the 0/1 voxels in NIfTI order, the wire format of
 annotation.masks), returns the path, and the web process reads it back and deletes it. Embeddings live
-under ``MEDIA_ROOT/embeddings/``, computed once per volume on the ``gpu`` queue.
+under ``MEDIA_ROOT/embeddings/``: the prompted slice encoded on demand by the interactive worker, the
+rest by one task per volume on the ``gpu`` queue (see ml_worker.inference.slice_store).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def segmenter() -> InteractiveSegmenter:
     with _segmenter_lock:
         if _segmenter is None or _segmenter.cache.directory != embeddings_dir():
             _segmenter = InteractiveSegmenter(
-                embeddings_dir=embeddings_dir(), cache_bytes=settings.INTERACTIVE_CACHE_BYTES
+                embeddings_dir=embeddings_dir(),
+                cache_bytes=settings.INTERACTIVE_CACHE_BYTES,
+                encoder=settings.INTERACTIVE_ENCODER,
             )
         return _segmenter
 

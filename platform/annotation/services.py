@@ -20,7 +20,6 @@ from annotation import dispatch, interactive
 from annotation.errors import (
     CaseLockedError,
     CaseStateError,
-    ModelNotReadyError,
     ModelTimeoutError,
     SelfReviewError,
     StaleVersionError,
@@ -30,6 +29,7 @@ from annotation.models import AuditEvent, Case, CaseLock, LabelClass, MaskVersio
 from common.exceptions import ApplicationError, TransientError
 from common.media import media_path
 from ml_worker.inference.prompts import PromptError, prompts_from_json
+from ml_worker.inference.slice_store import request_claim, request_refresh, request_release
 from studies.models import Series, Volume
 
 # Split fractions by a volume's hash bucket (0..99): train below 70, validation below 85, test above.
@@ -217,6 +217,7 @@ def case_scores_set(*, project: Project, scores: Sequence[CaseScore], model: str
     audit_event(
         actor=None, action="project.score", obj=project, model=model, version=version, cases=len(updated)
     )
+    worklist_embeddings_prefetch(project=project)
     return len(updated)
 
 
@@ -287,9 +288,11 @@ def case_take(*, case: Case, user: User) -> CaseLock:
         case.status = Case.Status.IN_PROGRESS
         case.save(update_fields=["assignee", "status", "updated_at"])
     audit_event(actor=user, action="case.take", obj=case, expired_holder=previous)
-    # Embeddings for the model tools, now that someone works on it (minutes per volume on a CPU: not
-    # for a whole project up front); a no-op in the worker when they exist.
+    # Embeddings for the model tools, now that someone works on it, and for the next cases of the
+    # worklist (minutes per volume on a CPU: not for a whole project up front); a box before they are
+    # complete is answered anyway, its slice encoded first.
     volume_embeddings_request(volumes=[case.volume])
+    worklist_embeddings_prefetch(project=case.project)
     return lock
 
 
@@ -684,40 +687,79 @@ class InteractiveAnswer:
     seconds: float  # in the worker
     incremental: bool
     model: str
+    slices_ready: int  # slices of the structure's slab (the box's extent along the slice axis) encoded
+    slices_total: int
+    pending: bool  # the mask will grow as more slices are encoded: send the same request again
 
 
 def volume_embeddings_request(*, volumes: Iterable[Volume]) -> None:
-    """Queue the interactive model's embeddings of volumes (queue gpu), after commit. Idempotent: the
-    task skips a volume whose embeddings exist. (Pre-segmentation will compute them ahead.)"""
+    """Queue the interactive model's embeddings of volumes (queue gpu), after commit: one task per
+    volume, never a queue of duplicates (a claim file per volume in the embeddings folder, held while
+    the task is queued or running; one not refreshed for ``EMBEDDINGS_CLAIM_STALE_SECONDS`` is a lost
+    task and is taken over). The task skips a volume whose embeddings are complete."""
+
+    def enqueue(volume_id: int, sha256: str) -> None:
+        stale = float(settings.EMBEDDINGS_CLAIM_STALE_SECONDS)
+        if request_claim(interactive.embeddings_dir(), sha256, stale_seconds=stale):
+            dispatch.volume_embeddings_compute(volume_id)
+
     for volume in volumes:
-        transaction.on_commit(lambda vid=volume.id: dispatch.volume_embeddings_compute(vid))
+        transaction.on_commit(lambda vid=volume.id, sha=volume.sha256: enqueue(vid, sha))
+
+
+def worklist_embeddings_prefetch(*, project: Project) -> None:
+    """Embeddings ahead for the top ``INTERACTIVE_PREFETCH_CASES`` new, free cases of the worklist (in
+    the order `next_case_take` hands them out), so the next case taken answers its boxes at once."""
+    count = settings.INTERACTIVE_PREFETCH_CASES
+    if count < 1:
+        return
+    now = timezone.now()
+    cases = (
+        Case.objects.filter(project=project, status=Case.Status.NEW)
+        .filter(Q(lock__isnull=True) | Q(lock__expires_at__lte=now))
+        .select_related("volume")
+        .order_by("-score", "reading", "-id")[:count]
+    )
+    volume_embeddings_request(volumes=[case.volume for case in cases])
 
 
 def volume_embeddings_compute(*, volume_id: int) -> bool:
-    """Worker side: compute and store a volume's embeddings unless present, or unless none of its cases
-    can be edited any more (submitted or approved meanwhile: minutes of a CPU nobody would use);
-    True if computed now."""
+    """Worker side: encode a volume's slices not encoded yet (the prompted structure's slab first,
+    outward from the prompted slice) unless none of its cases can be edited any more (submitted or
+    approved meanwhile: minutes of a CPU nobody would use); True if any slice was encoded now. Keeps
+    the volume's claim fresh while it runs and releases it when it ends."""
     volume = Volume.objects.get(pk=volume_id)
-    done = (Case.Status.SUBMITTED, Case.Status.APPROVED)
-    if volume.cases.exists() and not volume.cases.exclude(status__in=done).exists():
-        return False
-    return interactive.segmenter().embed(media_path(volume.path), volume.sha256)
+    directory = interactive.embeddings_dir()
+    try:
+        done = (Case.Status.SUBMITTED, Case.Status.APPROVED)
+        if volume.cases.exists() and not volume.cases.exclude(status__in=done).exists():
+            return False
+        return interactive.segmenter().embed(
+            media_path(volume.path),
+            volume.sha256,
+            progress=lambda _done, _total: request_refresh(directory, volume.sha256),
+        )
+    finally:
+        request_release(directory, volume.sha256)
 
 
 def interactive_segment(*, volume_id: int, request: dict) -> dict:
-    """Worker side: one model call. Returns ``{"answer": file name, ...}``, ``{"not_ready": true}`` when
-    the volume has no embeddings yet, or ``{"error": message}`` for prompts the model cannot take: never
-    an exception, so the web process can say what happened."""
-    from ml_worker.inference.interactive import MODEL_ID, EmbeddingsMissing
+    """Worker side: one model call. Returns ``{"answer": file name, ...}`` (with how many slices of the
+    structure's slab are encoded, and whether the mask will still grow), or ``{"error": message}`` for
+    prompts the model cannot take: never an exception, so the web process can say what happened."""
+    from ml_worker.inference.interactive import MODEL_ID
 
     volume = Volume.objects.get(pk=volume_id)
     try:
         label, box, clicks = prompts_from_json(request, shape=tuple(volume.shape))
         answer = interactive.segmenter().segment(
-            volume_sha256=volume.sha256, shape=tuple(volume.shape), label=label, box=box, clicks=clicks
+            volume_path=media_path(volume.path),
+            volume_sha256=volume.sha256,
+            shape=tuple(volume.shape),
+            label=label,
+            box=box,
+            clicks=clicks,
         )
-    except EmbeddingsMissing:
-        return {"not_ready": True}
     except PromptError as exc:
         return {"error": str(exc)}
     return {
@@ -725,6 +767,9 @@ def interactive_segment(*, volume_id: int, request: dict) -> dict:
         "seconds": round(answer.seconds, 4),
         "incremental": answer.incremental,
         "model": MODEL_ID,
+        "slices_ready": answer.ready.ready,
+        "slices_total": answer.ready.total,
+        "pending": answer.pending,
     }
 
 
@@ -733,11 +778,13 @@ def case_interact(*, case: Case, user: User, request: dict) -> InteractiveAnswer
 
     The request carries the whole interaction for the class (its box and every click so far), so any
     interactive worker can answer it; the one that answered the last request only decodes the new click.
+    On a volume whose embeddings are not complete the prompted slice is encoded first and answered at
+    once (``pending``: the mask grows as the rest of the slab arrives; the same request sent again
+    returns it), and the volume's embeddings task is queued unless it is already.
 
     Raises:
         CaseLockedError, CaseStateError: the caller does not hold the case, or it is not editable.
         ApplicationError: malformed prompts, a prompt outside the volume, a class not in the project.
-        ModelNotReadyError: the volume's embeddings are still being computed (queued now if missing).
         ModelTimeoutError: no interactive worker answered in time.
     """
     from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -763,21 +810,19 @@ def case_interact(*, case: Case, user: User, request: dict) -> InteractiveAnswer
         raise ModelTimeoutError(
             f"No model worker answered within {timeout} s: the interactive queue is busy or down."
         ) from None
-    if out.get("not_ready"):
-        volume_embeddings_request(volumes=[volume])
-        raise ModelNotReadyError(
-            "The model is still preparing this volume (image embeddings): try again in a minute, or "
-            "draw with the brush meanwhile.",
-            extra={"retry_after": 30},
-        )
     if "error" in out:
         raise ApplicationError(out["error"])
+    if out["pending"]:
+        volume_embeddings_request(volumes=[volume])
     return InteractiveAnswer(
         label=label,
         mask_gzip=interactive.answer_take(out["answer"]),
         seconds=out["seconds"],
         incremental=out["incremental"],
         model=out["model"],
+        slices_ready=out["slices_ready"],
+        slices_total=out["slices_total"],
+        pending=out["pending"],
     )
 
 

@@ -1,16 +1,21 @@
-"""The warm interactive segmenter: incremental clicks equal a replay, missing embeddings, request parsing."""
+"""The warm interactive segmenter: incremental clicks equal a replay, encoding on demand (the prompted
+slice first, then the slab outward from it, the mask growing as slices arrive), request parsing."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from ml_worker.inference.interactive import EmbeddingsMissing, InteractiveSegmenter
+from ml_worker.inference.interactive import InteractiveSegmenter
 from ml_worker.inference.prompts import Box3D, Click, PromptError, prompts_from_json
-from ml_worker.inference.tests.conftest import AXIS, EncodedCrop
+from ml_worker.inference.slice_store import Focus, SliceStore, encoding_order
+from ml_worker.inference.tests.conftest import AXIS, CASE, EncodedCrop
 
 SHA = "0" * 64
+NO_FILE = Path("/nonexistent.nii")  # volumes whose embeddings are complete are never read
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +42,18 @@ def test_added_clicks_are_decoded_alone_and_match_a_replay(
 ):
     shape = encoded_crop.image.shape
     box, clicks = _prompts(encoded_crop.labels)
-    first = segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks[:1])
+    first = segmenter.segment(
+        volume_path=NO_FILE, volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks[:1]
+    )
     assert not first.incremental and first.mask.shape == shape and first.mask.any()
-    warm = segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks)
+    warm = segmenter.segment(
+        volume_path=NO_FILE, volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks
+    )
     assert warm.incremental and warm.slices_decoded <= 2 * segmenter.propagation.click_reach + 1
     segmenter._sessions.clear()  # a worker that never saw this interaction replays it
-    cold = segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks)
+    cold = segmenter.segment(
+        volume_path=NO_FILE, volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks
+    )
     assert not cold.incremental and cold.slices_decoded > warm.slices_decoded
     np.testing.assert_array_equal(warm.mask, cold.mask)
 
@@ -52,20 +63,64 @@ def test_another_box_or_fewer_clicks_start_over(
 ):
     shape = encoded_crop.image.shape
     box, clicks = _prompts(encoded_crop.labels)
-    segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks)
-    undone = segmenter.segment(volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks[:1])
+    segmenter.segment(
+        volume_path=NO_FILE, volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks
+    )
+    undone = segmenter.segment(
+        volume_path=NO_FILE, volume_sha256=crop_sha, shape=shape, label=1, box=box, clicks=clicks[:1]
+    )
     assert not undone.incremental  # an undo is a replay, never a stale mask
     grown = Box3D(1, box.lo, tuple(min(h + 1, s - 1) for h, s in zip(box.hi, shape, strict=True)))
     assert not segmenter.segment(
-        volume_sha256=crop_sha, shape=shape, label=1, box=grown, clicks=()
+        volume_path=NO_FILE, volume_sha256=crop_sha, shape=shape, label=1, box=grown, clicks=()
     ).incremental
 
 
-def test_a_volume_without_embeddings_is_refused(segmenter: InteractiveSegmenter):
-    with pytest.raises(EmbeddingsMissing, match="no embeddings for volume 111111111111"):
-        segmenter.segment(
-            volume_sha256="1" * 64, shape=(4, 4, 4), label=1, box=Box3D(1, (0, 0, 0), (2, 2, 2)), clicks=()
-        )
+def test_a_first_box_encodes_its_slice_first_and_the_mask_grows_as_the_slab_arrives(
+    tmp_path, encoded_crop: EncodedCrop, monkeypatch
+):
+    segmenter = InteractiveSegmenter(embeddings_dir=tmp_path / "emb", axis=AXIS, device="cpu")
+    path = encoded_crop.folder / "images" / f"{CASE}.nii"
+    sha, shape = "3" * 64, encoded_crop.image.shape
+    box, _ = _prompts(encoded_crop.labels)
+    lo, hi = box.lo[AXIS], box.hi[AXIS]
+    middle = (lo + hi) // 2
+    written: list[int] = []
+    write = SliceStore.write
+    monkeypatch.setattr(SliceStore, "write", lambda self, k, e: written.append(k) or write(self, k, e))
+
+    first = segmenter.segment(volume_path=path, volume_sha256=sha, shape=shape, label=1, box=box, clicks=())
+    assert written == [middle] and first.slices_encoded == 1
+    assert first.pending and (first.ready.ready, first.ready.total) == (1, hi - lo + 1)
+    on_slices = np.flatnonzero(first.mask.any(axis=tuple(a for a in range(3) if a != AXIS)))
+    assert on_slices.tolist() == [middle]  # answered at once, on the prompted slice only
+    store = segmenter.store(sha, shape)
+    assert store.focus() == Focus(middle, lo, hi)
+
+    assert segmenter.embed(path, sha) is True  # the embeddings task: outward from the prompted slice
+    assert written == encoding_order(shape[AXIS], Focus(middle, lo, hi))
+    assert store.complete and segmenter.has_embeddings(sha) and segmenter.embed(path, sha) is False
+
+    grown = segmenter.segment(volume_path=path, volume_sha256=sha, shape=shape, label=1, box=box, clicks=())
+    assert grown.incremental and not grown.pending and grown.ready.ready == grown.ready.total
+    segmenter._sessions.clear()
+    whole = segmenter.segment(volume_path=path, volume_sha256=sha, shape=shape, label=1, box=box, clicks=())
+    np.testing.assert_array_equal(grown.mask, whole.mask)  # grown slice by slice = all at once
+
+
+def test_a_click_on_a_slice_not_encoded_yet_is_encoded_first(tmp_path, encoded_crop: EncodedCrop):
+    segmenter = InteractiveSegmenter(embeddings_dir=tmp_path / "emb", axis=AXIS, device="cpu")
+    path = encoded_crop.folder / "images" / f"{CASE}.nii"
+    sha, shape = "4" * 64, encoded_crop.image.shape
+    box, _ = _prompts(encoded_crop.labels)
+    where = np.argwhere(encoded_crop.labels == 1)
+    at = next(tuple(int(v) for v in p) for p in where if p[AXIS] == box.lo[AXIS])
+    answer = segmenter.segment(
+        volume_path=path, volume_sha256=sha, shape=shape, label=1, box=box, clicks=(Click(1, at, True),)
+    )
+    store = segmenter.store(sha, shape)
+    assert np.flatnonzero(store.done()).tolist() == sorted({box.lo[AXIS], (box.lo[AXIS] + box.hi[AXIS]) // 2})
+    assert store.focus().slice == box.lo[AXIS] and answer.slices_encoded == len(np.flatnonzero(store.done()))
 
 
 def test_embed_computes_once(segmenter: InteractiveSegmenter, tmp_path):
@@ -76,6 +131,7 @@ def test_embed_computes_once(segmenter: InteractiveSegmenter, tmp_path):
     assert segmenter.embed(path, volume_sha) is True
     assert segmenter.has_embeddings(volume_sha) and segmenter.embed(path, volume_sha) is False
     assert segmenter.cache.get(segmenter.key(volume_sha)).shape[0] == (12, 10, 3)[AXIS]
+    assert not segmenter.store(volume_sha, (12, 10, 3)).partial_path.exists()
 
 
 def test_request_prompts_are_parsed_and_checked():

@@ -7,7 +7,7 @@ import torch
 from ml_worker.inference.embeddings import VolumeEmbeddings
 from ml_worker.inference.eval import dice
 from ml_worker.inference.prompts import Box2D, Box3D, Click, PromptError, Prompts
-from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig, mask_box
+from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig, SliceNotReady, mask_box
 from ml_worker.inference.simulate import next_click
 
 # Measured on the conftest crop (hippocampus_001, anterior, slices along j) with the default
@@ -133,3 +133,45 @@ def test_box_then_clicks_on_a_real_case(litemedsam, encoded_crop, monkeypatch):
     for interaction in session.history[1:]:
         assert interaction.kind == "click"
         assert 1 <= interaction.slices_decoded < n_slices
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([(8, 7, 0)], [2, 2, 7, 13]),  # negative near the right edge: the edge moves in past it
+        ([(3, 7, 0)], [4, 2, 9, 13]),  # near the left edge
+        ([(5, 3, 0)], [2, 4, 9, 13]),  # near the top
+        ([(5, 7, 0)], [2, 2, 9, 13]),  # in the middle: the box stays, the point does the work
+        ([(11, 7, 0)], [2, 2, 9, 13]),  # outside the box: nothing to leave out
+        ([(8, 7, 0), (8, 9, 1)], [2, 2, 10, 13]),  # never past a positive click
+        ([(11, 7, 1)], [2, 2, 11, 13]),  # positive outside: grown to hold it (margin, clipped)
+    ],
+)
+def test_a_click_adjusts_its_slice_box(session, points, expected):
+    box = np.array([2, 2, 9, 13])  # on a 12 x 16 slice (x = column, y = row)
+    np.testing.assert_array_equal(session._click_box(points, box), expected)
+
+
+def test_propagation_waits_for_slices_not_encoded_and_resumes(litemedsam, random_embeddings):
+    class Arriving:
+        def __init__(self) -> None:
+            self.flags = np.zeros(random_embeddings.n_slices, dtype=bool)
+
+        def done(self) -> np.ndarray:
+            return self.flags.copy()
+
+    store = Arriving()
+    partial = VolumeEmbeddings(random_embeddings.embeddings, random_embeddings.shape, 2, store=store)
+    config = PropagationConfig(min_area=1)
+    session = LiteMedSAM3D(litemedsam, partial, label=1, config=config)
+    box = Box3D(1, (2, 3, 1), (9, 12, 6))
+    with pytest.raises(SliceNotReady, match="slice 3"):
+        session.start(box)  # the middle slice, (1 + 6) // 2
+    store.flags[[3, 4]] = True
+    first = session.start(box)
+    assert session.pending and set(np.flatnonzero(first.any(axis=(0, 1)))) <= {3, 4}
+    store.flags[:] = True
+    grown = session.resume()
+    assert not session.pending and session.history[-1].kind == "grow"
+    whole = LiteMedSAM3D(litemedsam, random_embeddings, label=1, config=config).start(box)
+    np.testing.assert_array_equal(grown, whole)  # the same as with every slice there from the start

@@ -96,6 +96,13 @@ ANNOTATION_MAX_UPLOAD_BYTES = int(os.environ.get("ANNOTATION_MAX_UPLOAD_BYTES", 
 # A click waits this long for an interactive worker; a worker keeps this many bytes of embeddings in memory.
 INTERACTIVE_TIMEOUT_SECONDS = float(os.environ.get("INTERACTIVE_TIMEOUT_SECONDS", "30"))
 INTERACTIVE_CACHE_BYTES = int(os.environ.get("INTERACTIVE_CACHE_BYTES", str(2 << 30)))
+# Embeddings computed ahead for this many new cases at the top of each project's worklist.
+INTERACTIVE_PREFETCH_CASES = int(os.environ.get("INTERACTIVE_PREFETCH_CASES", "2"))
+# A volume's embeddings task not heard from for this long is taken as lost and may be queued again.
+EMBEDDINGS_CLAIM_STALE_SECONDS = float(os.environ.get("EMBEDDINGS_CLAIM_STALE_SECONDS", "600"))
+# LiteMedSAM's image encoder runtime in the workers: auto (the fastest this CPU runs), or one of
+# openvino-bf16, onnxruntime, openvino-f32, torch-bf16, torch-f32 (see ml_worker.models.encoders).
+INTERACTIVE_ENCODER = os.environ.get("INTERACTIVE_ENCODER", "auto")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

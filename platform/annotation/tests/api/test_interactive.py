@@ -80,6 +80,7 @@ def test_box_then_click_through_the_interactive_worker(worker_for, users, case, 
     body = first.json()
     mask = decode(body["mask"])
     assert body["label"] == 1 and not body["incremental"] and set(np.unique(mask)) <= {0, 1}
+    assert not body["pending"] and body["slices_ready"] == body["slices_total"] == 4
     outside = mask.astype(bool).copy()
     outside[1:7, 1:5, 0:4] = False
     assert not outside.any()  # nothing outside the box
@@ -90,13 +91,28 @@ def test_box_then_click_through_the_interactive_worker(worker_for, users, case, 
     assert not MaskVersion.objects.exists()  # a model call saves nothing: the annotator saves
 
 
+def queued(queue: str) -> int:
+    with app.connection_for_write() as connection:  # waiting in Redis for a worker
+        return connection.default_channel.client.llen(queue)
+
+
 @pytest.mark.parametrize("worker_for", [["interactive"]], indirect=True)
-def test_no_embeddings_yet_is_503_and_queues_them(worker_for, holder, case):
-    refused = interact(holder, case, BOX)  # no gpu worker: the embeddings stay queued
-    assert refused.status_code == 503
-    assert "still preparing this volume" in refused.json()["message"]
-    with app.connection_for_write() as connection:  # waiting in Redis for a gpu worker
-        assert connection.default_channel.client.llen("gpu") >= 1
+def test_a_first_box_on_a_fresh_volume_is_answered_at_once_and_grows_as_slices_arrive(
+    worker_for, holder, case, settings
+):
+    settings.INTERACTIVE_TIMEOUT_SECONDS = 120  # the first call loads the model, on a machine maybe busy
+    assert queued("gpu") == 1  # taking the case queued its embeddings (no gpu worker here: they wait)
+    first = interact(holder, case, BOX)  # box over k = 0..3: its middle slice, k = 1, is encoded first
+    assert first.status_code == 200, first.json()
+    body = first.json()
+    assert body["pending"] and (body["slices_ready"], body["slices_total"]) == (1, 4)
+    assert set(np.flatnonzero(decode(body["mask"]).any(axis=(0, 1)))) <= {1}
+    again = interact(holder, case, BOX)  # what the page does while it waits: no second task queued
+    assert again.status_code == 200 and again.json()["pending"] and queued("gpu") == 1
+    assert volume_embeddings_compute(volume_id=case.volume_id)  # what the gpu worker does with it
+    done = interact(holder, case, BOX).json()
+    assert not done["pending"] and done["slices_ready"] == done["slices_total"] == 4
+    assert done["incremental"]  # the warm session grew over the new slices
 
 
 def test_no_interactive_worker_is_504(holder, case, settings):

@@ -86,7 +86,7 @@ def test_embeddings_are_not_computed_for_a_volume_whose_cases_are_all_done(make_
     calls = []
 
     class Segmenter:
-        def embed(self, path, sha256):
+        def embed(self, path, sha256, progress=None):
             calls.append(sha256)
             return True
 
