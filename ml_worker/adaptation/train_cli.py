@@ -166,6 +166,8 @@ def train_command(args: argparse.Namespace) -> int:
             if args.pretrained is not None:
                 raise ValueError("--init and --pretrained are alternatives: give one")
             network, model = load_native3d(args.init)
+            if spacing is not None:  # the grid it works at from now on (same weights)
+                model = dataclasses.replace(model, spacing=spacing)
             values = model.label_values
         else:
             network = model.build()
