@@ -28,6 +28,8 @@ if (tests) {
       { in: "src/case_page.ts", out: "case" },
       { in: "src/case.css", out: "case" },
       { in: "src/worklist_page.ts", out: "worklist" },
+      // NiiVue in a chunk of its own, cached across our releases (see src/niivue_chunk.ts)
+      { in: "src/niivue_chunk.ts", out: "niivue" },
     ],
     outdir: "static/annotation",
     bundle: true,
