@@ -22,6 +22,8 @@ const cases: [Parameters<typeof actionForKey>[0], ReturnType<typeof actionForKey
   [{ key: "s", ctrlKey: true }, { kind: "save" }],
   [{ key: " " }, { kind: "next-case" }],
   [{ key: "Escape" }, { kind: "clear-prompts" }],
+  [{ key: "Backspace" }, { kind: "undo-click" }],
+  [{ key: "Backspace", ctrlKey: true }, null],
   [{ key: "b", altKey: true }, null],
   [{ key: "c", ctrlKey: true }, null],
 ];

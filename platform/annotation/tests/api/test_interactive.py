@@ -101,14 +101,15 @@ def test_a_first_box_on_a_fresh_volume_is_answered_at_once_and_grows_as_slices_a
     worker_for, holder, case, settings
 ):
     settings.INTERACTIVE_TIMEOUT_SECONDS = 120  # the first call loads the model, on a machine maybe busy
-    assert queued("gpu") == 1  # taking the case queued its embeddings (no gpu worker here: they wait)
+    waiting = queued("gpu")
+    assert waiting >= 1  # taking the case queued its embeddings (no gpu worker here: they wait)
     first = interact(holder, case, BOX)  # box over k = 0..3: its middle slice, k = 1, is encoded first
     assert first.status_code == 200, first.json()
     body = first.json()
     assert body["pending"] and (body["slices_ready"], body["slices_total"]) == (1, 4)
     assert set(np.flatnonzero(decode(body["mask"]).any(axis=(0, 1)))) <= {1}
     again = interact(holder, case, BOX)  # what the page does while it waits: no second task queued
-    assert again.status_code == 200 and again.json()["pending"] and queued("gpu") == 1
+    assert again.status_code == 200 and again.json()["pending"] and queued("gpu") == waiting
     assert volume_embeddings_compute(volume_id=case.volume_id)  # what the gpu worker does with it
     done = interact(holder, case, BOX).json()
     assert not done["pending"] and done["slices_ready"] == done["slices_total"] == 4
