@@ -609,7 +609,9 @@ def pool_score_run(*, job_id: int) -> int | None:
     version on top of an older model's) and score it; rank the whole pool with the project's strategy
     (by diversity at cold start) and store the worklist order. Cases this model scored before are not
     run again: their stored scores and embedding re-enter the ranking. Cases that left the pool (taken,
-    submitted, approved) drop to the end. Returns how many cases were ranked."""
+    submitted, approved) drop to the end. A volume read twice is one pool item: its unstarted readings
+    share its score and pre-segmentation, and a started reading does not count as labelled while the
+    other waits. Returns how many pool items (volumes) were ranked."""
     from ml_worker.adaptation.round import PoolScorer
 
     with job_running(job_id, Job.Kind.SCORE) as run:
@@ -622,7 +624,15 @@ def pool_score_run(*, job_id: int) -> int | None:
             None if active is None else media_path(active.weights_path), modality=project.modality or "MR"
         )
         label = COLD_START if active is None else active.label
-        pool = list(Case.objects.filter(project=project, status=Case.Status.NEW).select_related("volume"))
+        readings: dict[int, list[Case]] = {}  # volume -> its unstarted cases, reading 1 first
+        for case in (
+            Case.objects.filter(project=project, status=Case.Status.NEW)
+            .select_related("volume")
+            .order_by("reading", "id")
+        ):
+            readings.setdefault(case.volume_id, []).append(case)
+        pool = [cases[0] for cases in readings.values()]
+        volume_of = {case.id: case.volume_id for case in pool}
         items, inputs, todo = [], {}, []
         for case in pool:
             stored = _stored_item(case, label)
@@ -640,24 +650,26 @@ def pool_score_run(*, job_id: int) -> int | None:
                 "embedding": item.embedding.tolist(),
             }
             if labels is not None:
-                try:
-                    presegmentation_create(case=case, mask=labels, model_version=label)
-                except CaseStateError:
-                    pass  # taken meanwhile: the annotator's work wins
+                for reading in readings[case.volume_id]:  # both readers start from the same mask
+                    try:
+                        presegmentation_create(case=reading, mask=labels, model_version=label)
+                    except CaseStateError:
+                        pass  # taken meanwhile: the annotator's work wins
             run.report(90 * i / max(len(todo), 1))
         done = list(
             Case.objects.filter(project=project).exclude(status=Case.Status.NEW).select_related("volume")
         )
-        labelled = [_labelled_item(scorer, c) for c in done]
+        labelled = [_labelled_item(scorer, c) for c in done if c.volume_id not in readings]
         ranked = scorer.rank(items, strategy=policy.strategy, labelled=labelled)
         scores = [
             CaseScore(
-                case_id=int(r.volume_id),
+                case_id=reading.id,
                 score=float(len(ranked) - i),
                 reason=r.reason,
                 inputs=inputs.get(int(r.volume_id)),
             )
             for i, r in enumerate(ranked)
+            for reading in readings[volume_of[int(r.volume_id)]]
         ]
         scores += [CaseScore(case_id=c.id, score=0.0, reason="not in the pool: worked on") for c in done]
         case_scores_set(

@@ -390,3 +390,26 @@ def test_pool_scoring_never_writes_over_human_work(hippo_project):
     other = hp.cases["pool"][1]
     assert other.versions.count() == 1
     np.testing.assert_array_equal(mask_read(other.versions.get().path).shape, hp.truth[other.id].shape)
+
+
+def test_a_volume_read_twice_is_one_pool_item_whose_readings_share_its_rank(hippo_project, users):
+    from annotation.readings.services import project_double_reading_set
+    from annotation.services import case_take
+
+    hp = hippo_project(train=0, validation=0, pool=3)
+    project_double_reading_set(project=hp.project, percent=100, user=None)
+    job, _ = pool_score_start(project=hp.project)
+    assert pool_score_run(job_id=job.id) == 3  # volumes, not cases
+    scores = {}
+    for case in Case.objects.filter(project=hp.project):
+        scores.setdefault(case.volume_id, set()).add((case.score, case.score_reason))
+    assert all(len(pair) == 1 for pair in scores.values()), scores  # both readings, one rank
+    assert sorted(next(iter(p))[0] for p in scores.values()) == [1.0, 2.0, 3.0]
+    # a reading started: the other stays in the pool as the volume (not pushed down as a duplicate)
+    first = Case.objects.filter(project=hp.project, reading=1).order_by("-score").first()
+    case_take(case=first, user=users["annotator"])
+    job, _ = pool_score_start(project=hp.project)
+    assert pool_score_run(job_id=job.id) == 3
+    second = Case.objects.get(project=hp.project, volume=first.volume, reading=2)
+    first.refresh_from_db()
+    assert second.score >= 1.0 and first.score == 0.0
