@@ -72,13 +72,16 @@ def adjudication_of(*, case: Case) -> Adjudication | None:
 
 def masks_hidden(*, case: Case, user: User) -> bool:
     """Whether ``user`` must not see this case's masks: it is one of two readings of a volume, not
-    adjudicated yet, someone else's work, and the user is not a reviewer. Readers thus never see each
-    other's masks; a case nobody has taken holds only the model's mask and is visible to all."""
-    if user.has_perm("annotation.review_case") or case.status not in _OPEN:
+    adjudicated yet, someone else's work, and the user is the other reader or not a reviewer. Readers
+    (admins included) thus never see each other's masks; a case nobody has taken holds only the model's
+    mask and is visible to all."""
+    if case.status not in _OPEN or case.assignee_id in (None, user.id):
         return False
-    if case.assignee_id in (None, user.id):
+    others = Case.objects.filter(project_id=case.project_id, volume_id=case.volume_id).exclude(pk=case.pk)
+    other = others.only("assignee_id").first()
+    if other is None:
         return False
-    return Case.objects.filter(project_id=case.project_id, volume_id=case.volume_id).count() == 2
+    return other.assignee_id == user.id or not user.has_perm("annotation.review_case")
 
 
 def pair_agreement(

@@ -95,6 +95,17 @@ def test_readers_are_independent_and_never_see_each_others_masks(project, make_v
     assert not masks_hidden(case=second, user=users["reviewer"])
 
 
+def test_an_admin_who_reads_does_not_see_the_other_reading_either(project, make_volume, users):
+    project_double_reading_set(project=project, percent=100, user=users["admin"])
+    project_volumes_add(project=project, volumes=[make_volume()], user=None)
+    first = next_case_take(project=project, user=users["admin"])
+    second = next_case_take(project=project, user=users["annotator"])
+    save(second, users["annotator"], None, drawing(2, 2))
+    second.refresh_from_db()
+    assert masks_hidden(case=second, user=users["admin"])  # a reader, though a reviewer too
+    assert not masks_hidden(case=second, user=users["reviewer"]) and first.reading == 1
+
+
 def test_the_reviewer_compares_and_keeps_one_reading(
     pair, users, project, django_capture_on_commit_callbacks
 ):
