@@ -126,6 +126,11 @@ class RoundResult:
             "active": None if self.active_interactive is None else _mean_curve(self.active_interactive),
         }
 
+    @property
+    def validation_dice(self) -> float | None:
+        means = case_means(self.validation)
+        return float(np.mean(list(means.values()))) if means else None
+
 
 def _mean_curve(curves: Mapping[str, Sequence[float]]) -> list[float] | None:
     if not curves:
@@ -152,11 +157,6 @@ def _interactive_verdict(
             f"{ours:.3f} vs {theirs:.3f}; annotators would need more clicks with it"
         )
     return None
-
-    @property
-    def validation_dice(self) -> float | None:
-        means = case_means(self.validation)
-        return float(np.mean(list(means.values()))) if means else None
 
 
 def _verdict(

@@ -51,7 +51,7 @@ def _adapted(base_path, name: str, **params):
 def test_save_load_reproduces_outputs_and_metadata(tmp_path, base, name, params):
     base_path, sha = base
     model, method = _adapted(base_path, name, **params)
-    x = torch.rand(1, 7, 16, 16, 16)
+    x = torch.rand(1, CONFIG.in_channels, 16, 16, 16)
     with torch.no_grad():
         expected = model(x)
     meta = save_adapter(

@@ -80,7 +80,7 @@ def test_lora_conv_leaves_1x1x1_convs_out():
 
 def test_lora_starts_at_the_base_and_trains_only_a_and_b():
     base = _native()
-    x = torch.rand(1, 7, 16, 16, 16)
+    x = torch.rand(1, base.convInit.conv.in_channels, 16, 16, 16)
     expected = base(x)
     net = get_method("native3d", "lora_conv").apply(copy.deepcopy(base))
     assert torch.allclose(net(x), expected, atol=1e-6)
@@ -96,7 +96,7 @@ def test_native3d_adapter_state_round_trip_and_merge(name):
     method = get_method("native3d", name)
     adapted = method.apply(copy.deepcopy(base))
     _perturb(adapted)
-    x = torch.rand(2, 7, 16, 16, 16)
+    x = torch.rand(2, base.convInit.conv.in_channels, 16, 16, 16)
     with torch.no_grad():
         expected = adapted(x)
         assert not torch.allclose(expected, base(x), atol=1e-4)

@@ -264,14 +264,15 @@ def test_transfer_copies_matching_tensors_adapts_the_stem_and_skips_the_head():
     assert all(torch.equal(after[k], state[k]) for k in report.copied)
     assert report.adapted == ("convInit.conv.weight",)
     stem = after["convInit.conv.weight"]
-    assert stem.shape[1] == 7 and torch.equal(stem[:, :1], state["convInit.conv.weight"])
+    assert stem.shape[1] == target.convInit.conv.in_channels == 9
+    assert torch.equal(stem[:, :1], state["convInit.conv.weight"])
     assert not stem[:, 1:].any()
     assert set(report.skipped) == set(head_before) and "head" in report.skipped["conv_final.2.conv.weight"]
     assert all(torch.equal(after[k], v) for k, v in head_before.items())
 
     # runnable with guidance, and (guidance kernels zeroed) computing the pretrained features
     image = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
-    guidance = torch.rand(1, 6, 16, 16, 16)
+    guidance = torch.rand(1, target.convInit.conv.in_channels - 1, 16, 16, 16)
     features, logits = _head_input(target, torch.cat([image, guidance], dim=1))
     assert logits.shape == (1, 2, 16, 16, 16) and torch.isfinite(logits).all()
     source = pretrain_network(PretrainConfig(**TINY))

@@ -21,7 +21,7 @@ from ml_worker.adaptation.train import Trainer
 from ml_worker.cli import main
 from ml_worker.inference.native import Native3DTask
 from ml_worker.io.volume import load_volume
-from ml_worker.models.checkpoints import load_state_dict
+from ml_worker.models.checkpoints import autocast, load_state_dict
 from ml_worker.models.native3d import save_native3d
 from ml_worker.uncertainty.embedding import intensity_embedding
 from ml_worker.uncertainty.pool import PoolItem
@@ -269,10 +269,10 @@ def test_score_pool_gives_each_strategy_what_it_reads(data):
     assert all(i.embedding.shape == model_embedding for i in items)  # hybrid clusters model embeddings
     items, known = scored("diversity")
     assert all(not i.scores and i.embedding.shape == model_embedding for i in items + known)
-    with torch.no_grad():
-        features = network.encode(views.inputs(pool[0])[None])[0][0].flatten(1)
+    with torch.no_grad(), autocast("cpu"):  # as the scorer runs it (bf16 where the CPU has it)
+        features = network.encode(views.inputs(pool[0])[None])[0][0].flatten(1).float()
     expected = torch.cat([features.mean(1), features.amax(1)])
-    assert np.allclose(items[0].embedding, (expected / expected.norm()).numpy(), atol=1e-5)
+    assert np.allclose(items[0].embedding, (expected / expected.norm()).numpy(), atol=1e-3)
     # no previous model yet: no score, so the strategy's cold-start rule (diversity, labelled as centres)
     items, known = scored("disagreement")
     assert all("disagreement" not in i.scores and i.embedding.shape == model_embedding for i in items + known)
