@@ -428,6 +428,8 @@ class CaseReadingsApi(Api):
         pair = reading_selectors.reading_pair(case=_case(case_id))
         if pair is None:
             raise ApplicationError(f"Case {case_id} is read once: there is nothing to compare.")
+        if any(masks_hidden(case=c, user=request.user) for c in pair):
+            raise HiddenReadingError("You read this volume: another reviewer compares its two readings.")
         first, second = pair
         comparison = reading_selectors.readings_compare(first=first, second=second)
         return Response(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -23,11 +24,13 @@ from common.views import permission_required
 from ml_worker.io.volume import load_volume
 
 
-def _pair(case_id: int) -> tuple[Case, Case]:
+def _pair(case_id: int, user) -> tuple[Case, Case]:
     case = selectors.case_get(case_id=case_id)
     pair = None if case is None else reading_selectors.reading_pair(case=case)
     if pair is None:
         raise Http404("This case is not one of two readings.")
+    if any(reading_selectors.masks_hidden(case=c, user=user) for c in pair):
+        raise PermissionDenied("You read this volume: another reviewer compares its two readings.")
     return pair
 
 
@@ -37,7 +40,7 @@ def _int(value: str | None) -> int | None:
 
 @permission_required("annotation.review_case")
 def compare(request, case_id: int):
-    first, second = _pair(case_id)
+    first, second = _pair(case_id, request.user)
     error, status = "", 200
     if request.method == "POST":
         labels = first.project.labels.values_list("value", flat=True)
@@ -54,7 +57,7 @@ def compare(request, case_id: int):
             )
         except ApplicationError as exc:
             error, status = exc.message, getattr(exc, "http_status", 400)
-            first, second = _pair(case_id)
+            first, second = _pair(case_id, request.user)
         else:
             messages.success(request, "Decided: the kept mask is approved and goes to the PACS.")
             return redirect("annotation-compare", case_id=case_id)
@@ -82,7 +85,7 @@ def compare(request, case_id: int):
 
 @permission_required("annotation.review_case")
 def compare_png(request, case_id: int):
-    first, second = _pair(case_id)
+    first, second = _pair(case_id, request.user)
     heads = [c.versions.order_by("-number").first() for c in (first, second)]
     if None in heads:
         raise Http404("A reading has no mask yet.")

@@ -104,6 +104,15 @@ def test_an_admin_who_reads_does_not_see_the_other_reading_either(project, make_
     second.refresh_from_db()
     assert masks_hidden(case=second, user=users["admin"])  # a reader, though a reviewer too
     assert not masks_hidden(case=second, user=users["reviewer"]) and first.reading == 1
+    # nor through the comparison (page, picture, API) while the pair is open
+    from django.test import Client
+
+    admin = Client()
+    admin.force_login(users["admin"])
+    assert admin.get(f"/cases/{second.id}/compare/").status_code == 403
+    assert admin.get(f"/cases/{second.id}/compare.png").status_code == 403
+    refused = admin.get(f"/api/cases/{second.id}/readings/")
+    assert refused.status_code == 403 and "You read this volume" in refused.json()["message"]
 
 
 def test_the_reviewer_compares_and_keeps_one_reading(
