@@ -567,6 +567,9 @@ class CaseInteractiveApi(Api):
         seconds = serializers.FloatField(help_text="model time in the worker")
         incremental = serializers.BooleanField(help_text="only the new click was decoded")
         model = serializers.CharField()
+        model_version = serializers.IntegerField(
+            allow_null=True, help_text="the project's model version that answered; null: LiteMedSAM"
+        )
         slices_ready = serializers.IntegerField(help_text="slices of the structure's slab encoded so far")
         slices_total = serializers.IntegerField(help_text="slices of the structure's slab (the box's extent)")
         pending = serializers.BooleanField(help_text="the mask grows as more slices are encoded: ask again")
@@ -581,6 +584,7 @@ class CaseInteractiveApi(Api):
             "seconds": answer.seconds,
             "incremental": answer.incremental,
             "model": answer.model,
+            "model_version": answer.model_version,
             "slices_ready": answer.slices_ready,
             "slices_total": answer.slices_total,
             "pending": answer.pending,
