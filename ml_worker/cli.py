@@ -126,9 +126,15 @@ def _int_list(text: str) -> list[int]:
         arg("--out", type=Path, required=True, help="JSON report to write (per case, per class, summary)"),
         arg("--limit", type=int, default=None, help="only the first N cases (by name)"),
         arg(
+            "--cases",
+            type=Path,
+            default=None,
+            help="text file of image names / case ids to evaluate, e.g. the held-out list `train` writes",
+        ),
+        arg(
             "--classes", type=_int_list, default=None, help="label values to evaluate, e.g. 1,2 (default all)"
         ),
-        arg("--clicks", type=int, default=5, help="corrective clicks after the box (default 5)"),
+        arg("--clicks", type=int, default=5, help="corrective clicks after the box (default 5); the NoC cap"),
         arg("--jitter", type=int, default=2, help="box sides move outwards by up to this (default 2)"),
         arg("--seed", type=int, default=0, help="seed of the box jitter (default 0)"),
         arg("--axis", type=int, default=2, choices=[0, 1, 2], help="slice axis of the 2D model (default 2)"),
@@ -181,6 +187,12 @@ def interactive_eval_command(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.cases is not None:
+        wanted = set(args.cases.read_text().split())
+        cases = [c for c in cases if c.name in wanted or c.image.name in wanted]
+        if not cases:
+            print(f"error: none of the cases named in {args.cases} is in {args.images}", file=sys.stderr)
+            return 2
     cases = cases[: args.limit] if args.limit else cases
     config = EvalConfig(n_clicks=args.clicks, jitter=args.jitter, axis=args.axis, seed=args.seed)
 

@@ -226,13 +226,19 @@ def resample_case(image: Path, label: Path, shape: tuple[int, int, int], folder:
 
 @command(
     "bench-click",
-    help="Click latency of LiteMedSAM 3D on cached embeddings for a real case resampled to a larger grid "
-    "(default 256x256x128), as JSON",
+    help="Click latency of LiteMedSAM 3D on cached embeddings (or of a native 3D net, --checkpoint) for a "
+    "real case resampled to a larger grid (default 256x256x128), as JSON",
     arguments=[
         arg("--image", type=Path, required=True, help="a NIfTI image (e.g. a hippocampus case)"),
         arg("--label", type=Path, required=True, help="its label map"),
         arg("--shape", type=_shape, default=(256, 256, 128), help="grid to resample to (256x256x128)"),
         arg("--clicks", type=int, default=5, help="corrective clicks after the box (default 5)"),
+        arg(
+            "--checkpoint",
+            type=Path,
+            default=None,
+            help="time the native 3D net of this weights file instead of LiteMedSAM",
+        ),
         arg("--cache-dir", type=Path, default=None, help="keep the embeddings here across runs"),
         arg("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)"),
         arg("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"),
@@ -248,6 +254,8 @@ def bench_click_command(args: argparse.Namespace) -> int:
         out = args.out or folder / "report.json"
         argv = ["interactive-eval", "--images", str(folder / "images"), "--labels", str(folder / "labels"),
                 "--clicks", str(args.clicks), "--out", str(out)]  # fmt: skip
+        if args.checkpoint is not None:
+            argv += ["--model", "native3d", "--checkpoint", str(args.checkpoint)]
         for flag, value in (("--cache-dir", args.cache_dir), ("--device", args.device),
                             ("--threads", args.threads)):  # fmt: skip
             if value is not None:

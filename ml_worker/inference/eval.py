@@ -39,6 +39,8 @@ from ml_worker.models.checkpoints import file_sha256
 from ml_worker.models.encoders import SliceEncoder
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NOC_THRESHOLDS = (85, 90)  # NoC@85, NoC@90: Dice in percent
+LOWERED_TOLERANCE = 1e-4  # a click "lowered" Dice when it fell by more than this
 
 
 @dataclass(frozen=True)
@@ -159,13 +161,24 @@ def evaluate_structure(
             continue
         prediction = session.click(click)
         scores.append(dice(prediction, truth))
-        clicks.append({"ijk": list(click.ijk), "positive": click.positive})
+        raw = getattr(session, "raw", None)  # the model's own answer, before any click guarantee
+        clicks.append(
+            {
+                "ijk": list(click.ijk),
+                "positive": click.positive,
+                "dice": round(scores[-1], 4),
+                "lowered": scores[-1] < scores[-2] - LOWERED_TOLERANCE,
+                "on_side": bool(prediction[click.ijk]) == click.positive,
+                "model_on_side": None if raw is None else bool(raw[click.ijk]) == click.positive,
+            }
+        )
     interactions = session.history
     return {
         "label": label,
         "box": {"lo": list(box.lo), "hi": list(box.hi)},
         "dice": [round(s, 4) for s in scores],
         "auc": round(dice_auc(scores), 4),
+        "noc": {str(t): clicks_to_reach(scores, t / 100) for t in NOC_THRESHOLDS},
         "clicks": clicks,
         "latency_s": {
             "box": round(interactions[0].seconds, 4),
@@ -176,6 +189,15 @@ def evaluate_structure(
             "clicks": [i.slices_decoded for i in interactions[1:]],
         },
     }
+
+
+def clicks_to_reach(scores: Sequence[float], threshold: float) -> int:
+    """NoC: corrective clicks after the box until Dice >= `threshold` (0 when the box reaches it); a
+    structure that never gets there counts as the cap, ``len(scores) - 1``."""
+    for step, value in enumerate(scores):
+        if value >= threshold:
+            return step
+    return len(scores) - 1
 
 
 def load_case(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -305,6 +327,10 @@ def interactive_eval(
     }
 
 
+def _share(flags: Sequence[bool]) -> float | None:
+    return round(float(np.mean(flags)), 4) if len(flags) else None
+
+
 def summarise(results: Sequence[dict], *, n_steps: int) -> dict:
     """Mean Dice per step and AUC per class, and latency percentiles over all cases."""
     per_class: dict[str, list[dict]] = {}
@@ -314,12 +340,27 @@ def summarise(results: Sequence[dict], *, n_steps: int) -> dict:
     classes = {}
     for name, items in sorted(per_class.items()):
         curves = np.array([s["dice"] for s in items], dtype=np.float64)
+        given = [c for s in items for c in s.get("clicks", [])]
+        judged = [c["model_on_side"] for c in given if c.get("model_on_side") is not None]
         classes[name] = {
             "label": items[0]["label"],
             "n": len(items),
             "dice_per_step": [round(float(v), 4) for v in curves.mean(axis=0)],
             "dice_per_step_min": [round(float(v), 4) for v in curves.min(axis=0)],
             "auc": round(float(np.mean([s["auc"] for s in items])), 4),
+            **{
+                f"noc{t}": {
+                    "median": float(np.median([s["noc"][str(t)] for s in items])),
+                    "mean": round(float(np.mean([s["noc"][str(t)] for s in items])), 3),
+                    "reached": sum(s["dice"][s["noc"][str(t)]] >= t / 100 for s in items),
+                }
+                for t in NOC_THRESHOLDS
+                if all("noc" in s for s in items)
+            },
+            "clicks": len(given),
+            "clicks_lowering_dice": _share([c["lowered"] for c in given]),
+            "clicked_voxels_on_clicked_side": _share([c["on_side"] for c in given]),
+            "clicked_voxels_on_clicked_side_model_alone": _share(judged),
         }
     structures = [s for case in results for s in case["classes"]]
     encodes = [c for c in results if c["encode_s"] is not None]
@@ -339,3 +380,46 @@ def summarise(results: Sequence[dict], *, n_steps: int) -> dict:
             [n for s in structures for n in s["slices_decoded"]["clicks"]]
         ),
     }
+
+
+def interactive_curve(
+    task,
+    cases: Sequence,
+    *,
+    modality: str,
+    n_clicks: int = 5,
+    jitter: int = 2,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """The interactive curve of a native 3D model on labelled cases: per case, Dice after the box and
+    after each of `n_clicks` corrective clicks, averaged over the case's labelled classes.
+
+    The protocol of :func:`interactive_eval` (jittered box, click on the largest error), seeded per
+    (case, class), so two models are scored on the same boxes: the learning round's gate compares a
+    candidate with the active model on it.
+
+    Args:
+        task: a :class:`~ml_worker.inference.native.Native3DTask` with guidance channels.
+        cases: ``TrainCase``-like objects (``image``, ``label``, ``labelled``, ``case_id``).
+    """
+    from ml_worker.inference.native import Native3DSession
+    from ml_worker.io.volume import load_volume
+
+    config = EvalConfig(n_clicks=n_clicks, jitter=jitter, seed=seed)
+    out: dict[str, list[float]] = {}
+    for case in cases:
+        image, affine = load_volume(case.image)
+        labels = np.rint(load_volume(case.label)[0]).astype(np.int64)
+        curves = []
+        for value in case.labelled:
+            truth = labels == value
+            if not truth.any() or value not in task.config.label_values:
+                continue
+            session = Native3DSession(task, image=image, affine=affine, modality=modality, label=value)
+            result = evaluate_structure(
+                session, truth, label=value, rng=_rng(seed, case.case_id, value), config=config
+            )
+            curves.append(result["dice"])
+        if curves:
+            out[case.case_id] = [round(float(v), 4) for v in np.mean(curves, axis=0)]
+    return out

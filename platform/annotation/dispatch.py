@@ -37,5 +37,7 @@ def volume_embeddings_compute(volume_id: int) -> None:
     _task("volume_embeddings_compute").delay(volume_id)
 
 
-def case_interactive_segment(volume_id: int, request: dict, *, expires: float) -> AsyncResult:
-    return _task("case_interactive_segment").apply_async(args=[volume_id, request], expires=expires)
+def case_interactive_segment(
+    volume_id: int, request: dict, *, route: dict | None = None, expires: float
+) -> AsyncResult:
+    return _task("case_interactive_segment").apply_async(args=[volume_id, request, route], expires=expires)

@@ -22,9 +22,11 @@ from django.conf import settings
 
 if TYPE_CHECKING:  # the web process never imports torch: only workers load the model
     from ml_worker.inference.interactive import InteractiveSegmenter
+    from ml_worker.inference.native_interactive import NativeSegmenter
 
 _segmenter: InteractiveSegmenter | None = None
 _segmenter_lock = threading.Lock()
+_native: NativeSegmenter | None = None
 
 
 def embeddings_dir() -> Path:
@@ -49,6 +51,18 @@ def segmenter() -> InteractiveSegmenter:
                 encoder=settings.INTERACTIVE_ENCODER,
             )
         return _segmenter
+
+
+def native_segmenter() -> NativeSegmenter:
+    """The process's native 3D models (projects' adapted versions), loaded on first use of each and kept
+    warm; a new active version (promotion, rollback) is a new weights file, loaded at its first request."""
+    from ml_worker.inference.native_interactive import NativeSegmenter
+
+    global _native
+    with _segmenter_lock:
+        if _native is None:
+            _native = NativeSegmenter()
+        return _native
 
 
 def answer_write(mask: np.ndarray) -> str:

@@ -4,6 +4,7 @@ transaction under the case's row lock, and leaves an audit event; a user's error
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,9 +29,12 @@ from annotation.masks import delta_apply, mask_read, mask_write
 from annotation.models import AuditEvent, Case, CaseLock, LabelClass, MaskVersion, Project, Review
 from common.exceptions import ApplicationError, TransientError
 from common.media import media_path
+from learning import selectors as learning_selectors
 from ml_worker.inference.prompts import PromptError, prompts_from_json
 from ml_worker.inference.slice_store import request_claim, request_refresh, request_release
 from studies.models import Series, Volume
+
+logger = logging.getLogger(__name__)
 
 # Split fractions by a volume's hash bucket (0..99): train below 70, validation below 85, test above.
 SPLIT_BUCKETS = ((70, Case.Split.TRAIN), (85, Case.Split.VALIDATION), (100, Case.Split.TEST))
@@ -687,6 +691,7 @@ class InteractiveAnswer:
     seconds: float  # in the worker
     incremental: bool
     model: str
+    model_version: int | None  # the project's model version that answered; None: LiteMedSAM
     slices_ready: int  # slices of the structure's slab (the box's extent along the slice axis) encoded
     slices_total: int
     pending: bool  # the mask will grow as more slices are encoded: send the same request again
@@ -743,13 +748,18 @@ def volume_embeddings_compute(*, volume_id: int) -> bool:
         request_release(directory, volume.sha256)
 
 
-def interactive_segment(*, volume_id: int, request: dict) -> dict:
+def interactive_segment(*, volume_id: int, request: dict, route: dict | None = None) -> dict:
     """Worker side: one model call. Returns ``{"answer": file name, ...}`` (with how many slices of the
     structure's slab are encoded, and whether the mask will still grow), or ``{"error": message}`` for
-    prompts the model cannot take: never an exception, so the web process can say what happened."""
+    prompts the model cannot take: never an exception, so the web process can say what happened.
+
+    `route` (``learning.selectors.InteractiveRoute.as_message``) names the project's adapted native
+    model that answers instead of LiteMedSAM; None: LiteMedSAM."""
     from ml_worker.inference.interactive import MODEL_ID
 
     volume = Volume.objects.get(pk=volume_id)
+    if route is not None:
+        return _native_segment(volume, request, route)
     try:
         label, box, clicks = prompts_from_json(request, shape=tuple(volume.shape))
         answer = interactive.segmenter().segment(
@@ -770,6 +780,38 @@ def interactive_segment(*, volume_id: int, request: dict) -> dict:
         "slices_ready": answer.ready.ready,
         "slices_total": answer.ready.total,
         "pending": answer.pending,
+    }
+
+
+def _native_segment(volume: Volume, request: dict, route: dict) -> dict:
+    from ml_worker.models.checkpoints import CheckpointError
+
+    try:
+        label, box, clicks = prompts_from_json(request, shape=tuple(volume.shape))
+        answer = interactive.native_segmenter().segment(
+            weights_path=media_path(route["weights"]),
+            weights_sha256=route["sha256"],
+            volume_path=media_path(volume.path),
+            volume_sha256=volume.sha256,
+            modality=route["modality"],
+            label=label,
+            box=box,
+            clicks=clicks,
+        )
+    except PromptError as exc:
+        return {"error": str(exc)}
+    except CheckpointError as exc:
+        logger.error("model version %s cannot be loaded: %s", route["version_id"], exc)
+        return {"error": f"The project's model (version {route['number']}) cannot be loaded: {exc}"}
+    return {
+        "answer": interactive.answer_write(answer.mask),
+        "seconds": round(answer.seconds, 4),
+        "incremental": answer.incremental,
+        "model": f"native3d/{route['sha256'][:16]}",
+        "model_version": route["number"],
+        "slices_ready": 0,
+        "slices_total": 0,
+        "pending": False,
     }
 
 
@@ -802,7 +844,10 @@ def case_interact(*, case: Case, user: User, request: dict) -> InteractiveAnswer
         values = sorted(case.project.labels.values_list("value", flat=True))
         raise ApplicationError(f"Class {label} is not in this project's label set {values}.")
     timeout = settings.INTERACTIVE_TIMEOUT_SECONDS
-    result = dispatch.case_interactive_segment(volume.id, request, expires=timeout)
+    route = learning_selectors.interactive_route(project=case.project)
+    result = dispatch.case_interactive_segment(
+        volume.id, request, route=None if route is None else route.as_message(), expires=timeout
+    )
     try:
         out = result.get(timeout=timeout)
     except CeleryTimeoutError:
@@ -820,6 +865,7 @@ def case_interact(*, case: Case, user: User, request: dict) -> InteractiveAnswer
         seconds=out["seconds"],
         incremental=out["incremental"],
         model=out["model"],
+        model_version=out.get("model_version"),
         slices_ready=out["slices_ready"],
         slices_total=out["slices_total"],
         pending=out["pending"],

@@ -43,10 +43,10 @@ def volume_embeddings_compute(volume_id: int) -> bool:
 
 # A click: nobody waits for a redelivered one (the request has timed out by then), so no late ack.
 @shared_task(acks_late=False)
-def case_interactive_segment(volume_id: int, request: dict) -> dict:
+def case_interactive_segment(volume_id: int, request: dict, route: dict | None = None) -> dict:
     from annotation.services import interactive_segment
 
-    return interactive_segment(volume_id=volume_id, request=request)
+    return interactive_segment(volume_id=volume_id, request=request, route=route)
 
 
 dispatch.connect(
