@@ -8,8 +8,10 @@ encoder: it decodes prompts against `VolumeEmbeddings` computed ahead (see `embe
   bounding box (grown by `box_margin` pixels, clipped to the 3D box) and its logits as a dense mask
   prompt. A direction stops at the end of the box, or where a slice's mask becomes smaller than
   `min_area` pixels (the object has ended).
-- `click(click)`: the clicked slice is decoded again with its box (grown to hold its positive clicks),
-  all clicks given on it so far, and its own previous logits; then its neighbours are re-prompted
+- `click(click)`: the clicked slice is decoded again with its box (grown to hold its positive clicks,
+  shrunk to leave out a negative one at its border), all clicks given on it so far, and its own
+  previous logits; a click the decoder still leaves on the wrong side is honoured by the level set of
+  the slice's probabilities through it (see `_honour`); then its neighbours are re-prompted
   from it, outwards, for as long as a slice's mask changes by more than `change_tolerance`. Only
   those slices are decoded; slices both directions away are decoded together in one batch.
 - `start_from_mask(mask)`: a previous mask (pre-segmentation, a saved version) becomes the state;
@@ -35,6 +37,7 @@ import torch
 
 from ml_worker.inference.embeddings import VolumeEmbeddings, in_plane_axes, set_volume_slice
 from ml_worker.inference.prompts import Box2D, Box3D, Click, PromptError, Prompts
+from ml_worker.inference.simulate import label_components
 from ml_worker.models.checkpoints import autocast
 from ml_worker.models.litemedsam import IMAGE_SIZE, LiteMedSAM, postprocess_mask
 
@@ -72,6 +75,8 @@ class PropagationConfig:
     click_box_border: a negative click this close to an edge of its slice's box (a fraction of the
         box's width or height) moves that edge in past the click: LiteMedSAM follows its box far
         more than its points, so a false positive at the border is taken out by the box.
+    honour_radius: a click the decoder leaves on the wrong side changes its slice's mask within this
+        fraction of the mask's equivalent radius around it (see `LiteMedSAM3D._honour`); 0 ignores it.
     min_area: a slice predicting fewer pixels is empty, and propagation stops there.
     change_tolerance: after a click, propagation goes on through a slice only while its mask
         changed by more than this fraction of (old | new) pixels.
@@ -87,9 +92,10 @@ class PropagationConfig:
     refine_with_logits: bool = True
     click_box_margin: int = 2
     click_box_border: float = 0.25
+    honour_radius: float = 0.75
     min_area: int = 3
     change_tolerance: float = 0.05
-    point_reach: int = 0
+    point_reach: int = 1
     click_reach: int = 2
 
 
@@ -493,8 +499,31 @@ class LiteMedSAM3D:
                 clipped[y0 : y1 + 1, x0 : x1 + 1] = mask[y0 : y1 + 1, x0 : x1 + 1]
                 state = self._slices[job.index]
                 state.box, state.logits = job.box, slice_logits
+                for px, py, positive in state.points:
+                    clipped = self._honour(clipped, slice_logits, px, py, bool(positive))
                 state.mask = clipped if clipped.sum() >= self.config.min_area else None
                 self._write(job.index)
+
+    def _honour(self, mask: np.ndarray, logits: torch.Tensor, x: int, y: int, positive: bool) -> np.ndarray:
+        """`mask` with the click at (x, y) on its side: LiteMedSAM follows its box far more than its
+        points, so a click the decoder left on the wrong side is honoured by the level set of the slice's
+        own probabilities through the clicked pixel. A negative click takes out the connected region no
+        more confident than it; a positive one adds the connected region at least as confident. Either
+        stays within a disc of `honour_radius` times the mask's equivalent radius around the click (at
+        least 2 pixels), so a click near the core never takes or adds the whole structure."""
+        if bool(mask[y, x]) == positive:
+            return mask
+        prob = postprocess_mask(logits, self.transform, threshold=None)
+        level = prob[y, x]
+        region = prob >= level if positive else (prob <= level) & mask
+        rows, cols = np.ogrid[: mask.shape[0], : mask.shape[1]]
+        if self.config.honour_radius <= 0:
+            return mask
+        radius = max(2.0, self.config.honour_radius * float(np.sqrt(max(int(mask.sum()), 1) / np.pi)))
+        region &= (rows - y) ** 2 + (cols - x) ** 2 <= radius**2
+        components, _ = label_components(region)
+        part = components == components[y, x]
+        return mask | part if positive else mask & ~part
 
     def _write(self, k: int) -> None:
         mask = self._slices[k].mask

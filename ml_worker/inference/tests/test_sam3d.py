@@ -175,3 +175,19 @@ def test_propagation_waits_for_slices_not_encoded_and_resumes(litemedsam, random
     assert not session.pending and session.history[-1].kind == "grow"
     whole = LiteMedSAM3D(litemedsam, random_embeddings, label=1, config=config).start(box)
     np.testing.assert_array_equal(grown, whole)  # the same as with every slice there from the start
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_a_click_the_decoder_ignores_is_honoured_on_its_slice(session, positive):
+    mask = np.zeros((16, 12), dtype=bool)
+    mask[4:12, 3:9] = True  # rows 4-11, columns 3-8
+    rows, cols = np.mgrid[:16, :12]
+    logits = torch.zeros((1, 256, 256))  # the model frame: the 16 x 12 slice resized to 256 x 192
+    confidence = torch.tensor(-((rows - 8.0) ** 2 + (cols - 6.0) ** 2), dtype=torch.float32)  # peak: centre
+    logits[0, :, :192] = torch.nn.functional.interpolate(confidence[None, None], (256, 192))[0, 0] / 10
+    x, y = (8, 11) if not positive else (10, 8)  # a corner of the mask / just beside it
+    honoured = session._honour(mask, logits, x, y, positive)
+    assert bool(honoured[y, x]) == positive  # the click is on its side now
+    changed = honoured ^ mask
+    assert 0 < changed.sum() < mask.sum() / 2 and not changed[8, 6]  # local: the core stays
+    assert (session._honour(honoured, logits, x, y, positive) == honoured).all()  # once is enough
