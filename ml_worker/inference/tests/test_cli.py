@@ -74,7 +74,7 @@ def test_interactive_eval_writes_the_report(encoded_crop, tmp_path, capsys):
     )  # fmt: skip
     assert code == 0
     report = json.loads(out.read_text())
-    assert set(report) == {"protocol", "model", "device", "torch_threads", "summary", "cases"}
+    assert set(report) == {"protocol", "model", "device", "torch_threads", "summary", "cases", "encoder"}
     assert json.loads(capsys.readouterr().out) == report["summary"]
     (case,) = report["cases"]
     assert case["case"] == "hippocampus_001" and case["encode_s"] is None  # a cache hit
