@@ -84,7 +84,14 @@ def test_interactive_eval_writes_the_report(encoded_crop, tmp_path, capsys):
     assert len(structure["latency_s"]["clicks"]) == len(structure["clicks"]) <= 2
     summary = report["summary"]
     assert summary["n_cases"] == 1
-    assert set(summary["classes"]["label_1"]) == {"label", "n", "dice_per_step", "dice_per_step_min", "auc"}
+    label_1 = summary["classes"]["label_1"]
+    assert set(label_1) == {
+        "label", "n", "dice_per_step", "dice_per_step_min", "auc", "noc85", "noc90", "clicks",
+        "clicks_lowering_dice", "clicked_voxels_on_clicked_side",
+        "clicked_voxels_on_clicked_side_model_alone",
+    }  # fmt: skip
+    assert 0 <= label_1["noc90"]["median"] <= 2 and label_1["noc90"]["reached"] <= 1
+    assert label_1["clicks"] == len(case["classes"][0]["clicks"])
     assert set(summary["latency_s"]) == {
         "click_cached",
         "box_cached",
