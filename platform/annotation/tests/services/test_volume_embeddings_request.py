@@ -23,11 +23,19 @@ from ml_worker.inference.slice_store import request_claimed
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def _drop_gpu_queue() -> None:
+    # purge() empties only the queues this process consumes; earlier tests may leave gpu messages
+    with app.connection_for_write() as connection:
+        connection.default_channel.client.delete("gpu")
+
+
 @pytest.fixture(autouse=True)
 def _empty_queues():
     app.control.purge()
+    _drop_gpu_queue()
     yield
     app.control.purge()
+    _drop_gpu_queue()
 
 
 def queued(queue: str = "gpu") -> int:
