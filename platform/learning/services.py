@@ -612,72 +612,79 @@ def pool_score_run(*, job_id: int) -> int | None:
     submitted, approved) drop to the end. A volume read twice is one pool item: its unstarted readings
     share its score and pre-segmentation, and a started reading does not count as labelled while the
     other waits. Returns how many pool items (volumes) were ranked."""
-    from ml_worker.adaptation.round import PoolScorer
-
     with job_running(job_id, Job.Kind.SCORE) as run:
         if run is None:
             return None
         project = run.job.project
-        policy = policy_get(project)
-        active = active_version(project)
-        scorer = PoolScorer(
-            None if active is None else media_path(active.weights_path), modality=project.modality or "MR"
-        )
-        label = COLD_START if active is None else active.label
-        readings: dict[int, list[Case]] = {}  # volume -> its unstarted cases, reading 1 first
-        for case in (
-            Case.objects.filter(project=project, status=Case.Status.NEW)
-            .select_related("volume")
-            .order_by("reading", "id")
-        ):
-            readings.setdefault(case.volume_id, []).append(case)
-        pool = [cases[0] for cases in readings.values()]
-        volume_of = {case.id: case.volume_id for case in pool}
-        items, inputs, todo = [], {}, []
-        for case in pool:
-            stored = _stored_item(case, label)
-            if stored is None:
-                todo.append(case)
-            else:
-                items.append(stored)
-        run.report(0, f"{len(todo)} of {len(pool)} unlabelled cases to score with {label}", force=True)
-        for i, case in enumerate(todo, 1):
-            item, labels = scorer.item(str(case.id), media_path(case.volume.path))
-            items.append(item)
-            inputs[case.id] = {
-                "model": label,
-                "scores": dict(item.scores),
-                "embedding": item.embedding.tolist(),
-            }
-            if labels is not None:
-                for reading in readings[case.volume_id]:  # both readers start from the same mask
-                    try:
-                        presegmentation_create(case=reading, mask=labels, model_version=label)
-                    except CaseStateError:
-                        pass  # taken meanwhile: the annotator's work wins
-            run.report(90 * i / max(len(todo), 1))
-        done = list(
-            Case.objects.filter(project=project).exclude(status=Case.Status.NEW).select_related("volume")
-        )
-        labelled = [_labelled_item(scorer, c) for c in done if c.volume_id not in readings]
-        ranked = scorer.rank(items, strategy=policy.strategy, labelled=labelled)
-        scores = [
-            CaseScore(
-                case_id=reading.id,
-                score=float(len(ranked) - i),
-                reason=r.reason,
-                inputs=inputs.get(int(r.volume_id)),
-            )
-            for i, r in enumerate(ranked)
-            for reading in readings[volume_of[int(r.volume_id)]]
-        ]
-        scores += [CaseScore(case_id=c.id, score=0.0, reason="not in the pool: worked on") for c in done]
-        case_scores_set(
-            project=project, scores=scores, model=label, version="" if active is None else str(active.number)
-        )
-        result = {"ranked": len(ranked), "scored_now": len(todo), "model": label}
+        # A model promoted while this ran joined this job (one per project): score again with it.
+        for _ in range(3):
+            result = _pool_score(run, project)
+            active = active_version(project)
+            if result["model"] == (COLD_START if active is None else active.label):
+                break
         _finish(run.job, Job.State.SUCCEEDED, result=result)
-        return len(ranked)
+        return result["ranked"]
+
+
+def _pool_score(run, project: Project) -> dict:
+    from ml_worker.adaptation.round import PoolScorer
+
+    policy = policy_get(project)
+    active = active_version(project)
+    scorer = PoolScorer(
+        None if active is None else media_path(active.weights_path), modality=project.modality or "MR"
+    )
+    label = COLD_START if active is None else active.label
+    readings: dict[int, list[Case]] = {}  # volume -> its unstarted cases, reading 1 first
+    for case in (
+        Case.objects.filter(project=project, status=Case.Status.NEW)
+        .select_related("volume")
+        .order_by("reading", "id")
+    ):
+        readings.setdefault(case.volume_id, []).append(case)
+    pool = [cases[0] for cases in readings.values()]
+    volume_of = {case.id: case.volume_id for case in pool}
+    items, inputs, todo = [], {}, []
+    for case in pool:
+        stored = _stored_item(case, label)
+        if stored is None:
+            todo.append(case)
+        else:
+            items.append(stored)
+    run.report(0, f"{len(todo)} of {len(pool)} unlabelled cases to score with {label}", force=True)
+    for i, case in enumerate(todo, 1):
+        item, labels = scorer.item(str(case.id), media_path(case.volume.path))
+        items.append(item)
+        inputs[case.id] = {
+            "model": label,
+            "scores": dict(item.scores),
+            "embedding": item.embedding.tolist(),
+        }
+        if labels is not None:
+            for reading in readings[case.volume_id]:  # both readers start from the same mask
+                try:
+                    presegmentation_create(case=reading, mask=labels, model_version=label)
+                except CaseStateError:
+                    pass  # taken meanwhile: the annotator's work wins
+        run.report(90 * i / max(len(todo), 1))
+    done = list(Case.objects.filter(project=project).exclude(status=Case.Status.NEW).select_related("volume"))
+    labelled = [_labelled_item(scorer, c) for c in done if c.volume_id not in readings]
+    ranked = scorer.rank(items, strategy=policy.strategy, labelled=labelled)
+    scores = [
+        CaseScore(
+            case_id=reading.id,
+            score=float(len(ranked) - i),
+            reason=r.reason,
+            inputs=inputs.get(int(r.volume_id)),
+        )
+        for i, r in enumerate(ranked)
+        for reading in readings[volume_of[int(r.volume_id)]]
+    ]
+    scores += [CaseScore(case_id=c.id, score=0.0, reason="not in the pool: worked on") for c in done]
+    case_scores_set(
+        project=project, scores=scores, model=label, version="" if active is None else str(active.number)
+    )
+    return {"ranked": len(ranked), "scored_now": len(todo), "model": label}
 
 
 # ---- the periodic check ---------------------------------------------------------------------------

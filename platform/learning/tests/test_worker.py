@@ -106,10 +106,10 @@ def test_approvals_start_a_round_that_survives_a_killed_worker_and_rescores_the_
     assert ModelVersion.objects.filter(project=hp.project).count() == 1
 
     # The promotion re-scored the pool on the gpu queue: pre-segmented by the new model and ranked.
-    # (a cold-start scoring the tick queued beside the round may have finished first: not this one)
+    # (a cold-start scoring the tick queued beside the round may finish first, or be joined by it)
     score = wait_for(
         lambda: Job.objects.filter(
-            kind=Job.Kind.SCORE, state=Job.State.SUCCEEDED, created_at__gte=version.activated_at
+            kind=Job.Kind.SCORE, state=Job.State.SUCCEEDED, result__model=version.label
         ).first(),
         timeout=120,
         what="the pool to be re-scored",
