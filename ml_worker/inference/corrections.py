@@ -2,16 +2,20 @@
 placed on.
 
 The network is trained to follow clicks (:mod:`ml_worker.adaptation.train`), but a network alone cannot
-promise it. Two rules, applied to the mask a model returns for one structure, make the promise:
+promise it. Three rules, applied to the mask a model returns for one structure, make the promise:
 
-1. Locality. The voxels that changed since the previous mask are split into 6-connected regions; a
+1. Direction. A positive click only adds to the mask and a negative click only takes away: what the
+   network changed the other way (a boundary it moved elsewhere while following the click) is undone.
+   A click is the annotator saying "more here" or "less here", and the next click is placed on what is
+   left, so nothing the annotator already accepted is lost to a correction.
+2. Locality. The voxels that changed since the previous mask are split into 6-connected regions; a
    region that reaches within ``reach`` mm of the newest click stays, every other one is undone. So a
    click fixes the error it was placed on and cannot move the boundary somewhere the annotator was
    not looking (what a 3D Slicer or nnInteractive user expects: a correction where I clicked).
-2. The clicked voxels. Every click given so far is on its side: a positive click's voxel is in the
+3. The clicked voxels. Every click given so far is on its side: a positive click's voxel is in the
    mask, a negative click's voxel is out (a later click on the same voxel wins).
 
-Both work on the source grid, on the mask the annotator sees.
+All three work on the source grid, on the mask the annotator sees.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def honour_clicks(
     out = np.array(mask, dtype=bool, copy=True)
     if previous is not None and clicks:
         previous = np.asarray(previous, dtype=bool)
-        changed = out ^ previous
+        changed = out & ~previous if clicks[-1].positive else previous & ~out
         if changed.any():
             regions, n = label_components(changed)
             window, ball = _ball(out.shape, clicks[-1].ijk, reach / np.asarray(spacing, float))

@@ -53,3 +53,20 @@ def test_reach_is_in_millimetres():
     assert thick[10, 10, 10]
     far_slices = honour_clicks(answer, clicks=[click], previous=previous, spacing=(1.0, 1.0, 0.5), reach=3.0)
     assert far_slices[10, 10, 14]  # 2 mm away on a grid of 0.5 mm slices
+
+
+def test_a_positive_click_only_adds_and_a_negative_click_only_removes():
+    previous = _cube()
+    answer = previous.copy()
+    answer[15:17, 5:15, 5:15] = True  # grows where the positive click is
+    answer[13:15, 5:15, 5:15] = False  # and gives up the slab beside it: the boundary moved, not grown
+    grown = honour_clicks(answer, clicks=[Click(1, (15, 10, 10), True)], previous=previous, reach=5.0)
+    assert grown[15:17, 5:15, 5:15].all()
+    assert np.array_equal(grown[:15], previous[:15])
+
+    answer = previous.copy()
+    answer[12:15, 5:15, 5:15] = False  # shrinks where the negative click is
+    answer[15:17, 5:15, 5:15] = True  # and spills over next to it
+    shrunk = honour_clicks(answer, clicks=[Click(1, (13, 10, 10), False)], previous=previous, reach=5.0)
+    assert not shrunk[12:15, 5:15, 5:15].any()
+    assert not shrunk[15:].any()
