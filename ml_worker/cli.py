@@ -47,12 +47,12 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 # Modules that register more commands when imported (they import this one, so they load lazily).
 COMMAND_MODULES = (
-    "ml_worker.inference.bench",
-    "ml_worker.inference.bench_encoder",
+    "ml_worker.experiments.bench",
+    "ml_worker.experiments.bench_encoder",
     "ml_worker.adaptation.pretrain_cli",
     "ml_worker.adaptation.train_cli",
-    "ml_worker.adaptation.simulate_al_cli",
-    "ml_worker.adaptation.bench_round",
+    "ml_worker.experiments.simulate_al_cli",
+    "ml_worker.experiments.bench_round",
 )
 
 
@@ -266,7 +266,7 @@ SAM_OR_NATIVE = {
 @command(
     "peft-compare",
     help="PEFT methods x labelled cases, on the native 3D net or LiteMedSAM, from one base: test Dice per "
-    "class, trainable parameters, adapter bytes, train seconds as JSON (see ml_worker.adaptation.compare)",
+    "class, trainable parameters, adapter bytes, train seconds as JSON (see ml_worker.experiments.compare)",
     arguments=[
         arg("--images", type=Path, required=True, help="folder of NIfTI images"),
         arg("--labels", type=Path, required=True, help="folder of label maps with the same file names"),
@@ -320,10 +320,10 @@ SAM_OR_NATIVE = {
 def peft_compare_command(args: argparse.Namespace) -> int:
     import torch
 
-    from ml_worker.adaptation.compare import CompareConfig, default_model, peft_compare
     from ml_worker.adaptation.peft import AdapterError
     from ml_worker.adaptation.train import TrainCase, TrainConfig
     from ml_worker.adaptation.train_cli import _label_set
+    from ml_worker.experiments.compare import CompareConfig, default_model, peft_compare
     from ml_worker.inference.eval import find_cases
     from ml_worker.models.checkpoints import CheckpointError
     from ml_worker.models.native3d import load_native3d
@@ -410,13 +410,13 @@ def _compare_written(out: Path, report: dict[str, Any]) -> int:
 
 
 def _sam_compare(args: argparse.Namespace, *, shots: tuple[int, ...], methods: tuple[str, ...], pick) -> int:
-    """peft-compare --model litemedsam (see :func:`ml_worker.adaptation.compare.sam_compare`)."""
+    """peft-compare --model litemedsam (see :func:`ml_worker.experiments.compare.sam_compare`)."""
 
-    from ml_worker.adaptation.compare import sam_compare
     from ml_worker.adaptation.peft import AdapterError
     from ml_worker.adaptation.train import TrainCase
     from ml_worker.adaptation.train_cli import _label_set
     from ml_worker.adaptation.train_sam import SamTrainConfig
+    from ml_worker.experiments.compare import sam_compare
     from ml_worker.inference.eval import find_cases
     from ml_worker.models.checkpoints import CheckpointError
 

@@ -1,11 +1,12 @@
 """Adaptation of the models to a site: PEFT methods, partial-label loss, training loop, validation gate.
 
+What a learning round runs; the experiments that measure it are in :mod:`ml_worker.experiments`.
+
 - :mod:`.losses`: ``PartialLabelLoss`` (sigmoid per class, BCE + Dice on the labelled channels only).
 - :mod:`.peft`: the PEFT methods of both networks behind one interface, adapter state, merge.
 - :mod:`.adapter`: adapter files (trained tensors + metadata), loaded only onto their exact base.
 - :mod:`.train`: ``Trainer`` for the native 3D net (any PEFT method, resumable, seeded, AMP on CUDA).
 - :mod:`.gate`: locked splits and the promotion gate (margin + one-sided paired Wilcoxon test).
-- :mod:`.compare`: the ``peft-compare`` benchmark (methods x shots from one base).
 """
 
 from ml_worker.adaptation.adapter import AdapterMetadata, load_adapter, read_adapter, save_adapter

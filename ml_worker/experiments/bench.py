@@ -264,7 +264,7 @@ def bench_click_command(args: argparse.Namespace) -> int:
         if status != 0 or getattr(args, "checkpoint", None) is not None:
             return status
         # beside the cached figures: the first box on a never-seen volume, encoded on demand
-        from ml_worker.inference.bench_encoder import cold_start
+        from ml_worker.experiments.bench_encoder import cold_start
 
         resampled = (folder / "images" / f"{name}.nii", folder / "labels" / f"{name}.nii")
         cold = [cold_start(*pair, device=args.device) for pair in ((args.image, args.label), resampled)]

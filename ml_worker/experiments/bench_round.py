@@ -31,7 +31,7 @@ from typing import Any
 
 from ml_worker.adaptation.pretrain_cli import _floats, _ints
 from ml_worker.cli import arg, command
-from ml_worker.inference.bench import _peak_rss_mb, _percentiles
+from ml_worker.experiments.bench import _peak_rss_mb, _percentiles
 
 __all__ = ["PLATFORM_NETWORK", "bench_round", "bench_round_command"]
 

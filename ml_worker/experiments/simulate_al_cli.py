@@ -2,7 +2,7 @@
 
 Strategies x seeds, each from a cold start of ``--initial`` cases through ``--rounds`` rounds of
 ``--per-round`` selections, the native 3D net warm-started round to round, test Dice after every round,
-and a fully supervised reference (see :mod:`ml_worker.adaptation.simulate_al` for the protocol and
+and a fully supervised reference (see :mod:`ml_worker.experiments.simulate_al` for the protocol and
 the steps rule of the reference). Writes ``OUT/results.json`` and ``OUT/al_curve.png``; prints a JSON
 summary (mean test Dice per strategy at each number of labelled cases, its difference to ``random``,
 wall seconds).
@@ -154,16 +154,16 @@ def al_simulate_command(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ml_worker.adaptation.compare import default_model
-    from ml_worker.adaptation.simulate_al import (
+    from ml_worker.adaptation.train import TrainCase, TrainConfig
+    from ml_worker.cli import step_bar
+    from ml_worker.experiments.compare import default_model
+    from ml_worker.experiments.simulate_al import (
         CURVE_NAME,
         RESULTS_NAME,
         SimulationConfig,
         run_simulation,
         split_cases,
     )
-    from ml_worker.adaptation.train import TrainCase, TrainConfig
-    from ml_worker.cli import step_bar
     from ml_worker.inference.eval import find_cases
     from ml_worker.uncertainty.scorers import ScoringConfig
 

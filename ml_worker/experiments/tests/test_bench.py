@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 
 from ml_worker import cli
-from ml_worker.inference.bench import resample_case, synthetic_ct
+from ml_worker.experiments.bench import resample_case, synthetic_ct
 
 
 def _case(tmp_path, shape=(12, 10, 8)):

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from ml_worker import cli
-from ml_worker.adaptation import bench_round as bench_module
 from ml_worker.adaptation import round as round_module
 from ml_worker.adaptation.tests.synthetic import make_case
 from ml_worker.adaptation.train import Trainer
+from ml_worker.experiments import bench_round as bench_module
 
 
 def _run(argv: list[str]) -> int:

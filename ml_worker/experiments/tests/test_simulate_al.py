@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ml_worker.adaptation.compare import default_model, partition
 from ml_worker.adaptation.pretrain import PretrainConfig, pretrain_network
-from ml_worker.adaptation.simulate_al import PoolViews, score_pool
 from ml_worker.adaptation.tests.synthetic import make_case
 from ml_worker.adaptation.train import Trainer
 from ml_worker.cli import main
+from ml_worker.experiments.compare import default_model, partition
+from ml_worker.experiments.simulate_al import PoolViews, score_pool
 from ml_worker.inference.native import Native3DTask
 from ml_worker.io.volume import load_volume
 from ml_worker.models.checkpoints import autocast, load_state_dict
