@@ -303,6 +303,8 @@ class Trainer:
         # loss scaling is needed for fp16 only (bf16 has float32's range)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.skipped_steps = 0  # steps with non-finite gradients, not applied
+        # where an epoch's time goes: loading/augmenting samples, simulating clicks, forward+backward
+        self._phases = {"data": 0.0, "simulate": 0.0, "step": 0.0}
         self.renderer = RenderGuidance(labels=config.labels, sigma=config.click_sigma)
         self.rng = np.random.default_rng(train.seed)
         self._cache: dict[str, dict[str, Any]] = {}
@@ -486,8 +488,11 @@ class Trainer:
         return order[:n_samples]
 
     def _step(self, batch: list[Sample], lr: float) -> float:
+        began = time.perf_counter()
         if self.config.guidance:
             self._simulate(batch)
+        simulated = time.perf_counter()
+        self._phases["simulate"] += simulated - began
         inputs = self._inputs(batch)
         target = torch.stack([s.target for s in batch]).to(self.device)
         labelled = torch.stack([s.labelled for s in batch]).to(self.device)
@@ -508,7 +513,9 @@ class Trainer:
             self.skipped_steps += 1
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return float(loss.detach())
+        loss = float(loss.detach())
+        self._phases["step"] += time.perf_counter() - simulated
+        return loss
 
     def fit(
         self,
@@ -545,6 +552,7 @@ class Trainer:
 
         for epoch in range(first_epoch, self.train.epochs + 1):
             epoch_start = time.perf_counter()
+            self._phases = dict.fromkeys(self._phases, 0.0)
             order = self._order(len(cases), steps * self.train.batch_size)
             losses: list[float] = []
             lr = self.train.lr
@@ -552,7 +560,10 @@ class Trainer:
                 global_step = (epoch - 1) * steps + s
                 lr = self._lr(global_step, total)
                 picks = order[s * self.train.batch_size : (s + 1) * self.train.batch_size]
-                losses.append(self._step([self._sample(cases[i]) for i in picks], lr))
+                began = time.perf_counter()
+                batch = [self._sample(cases[i]) for i in picks]
+                self._phases["data"] += time.perf_counter() - began
+                losses.append(self._step(batch, lr))
                 if self.progress is not None:
                     self.progress(epoch, global_step + 1, total, {"loss": float(np.mean(losses)), "lr": lr})
             record: dict[str, Any] = {
@@ -561,6 +572,7 @@ class Trainer:
                 "lr": lr,
                 "seconds": time.perf_counter() - epoch_start,
                 "skipped_steps": self.skipped_steps,
+                "phase_seconds": {k: round(v, 2) for k, v in self._phases.items()},
             }
             if validation and (epoch % self.train.validate_every == 0 or epoch == self.train.epochs):
                 result.validation = self.evaluate(validation)

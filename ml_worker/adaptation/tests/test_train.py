@@ -162,6 +162,9 @@ def test_training_learns_the_synthetic_structures(data):
     after = trainer.evaluate(cases[:1])["case0"]["outer"]
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert after > max(before, 0.6)  # the small core needs longer than this test trains
+    phases = result.history[0]["phase_seconds"]
+    assert set(phases) == {"data", "simulate", "step"} and phases["step"] > 0
+    assert sum(phases.values()) <= result.history[0]["seconds"]
 
 
 def test_adapter_from_a_trainer_loads_onto_the_base(tmp_path, data):
