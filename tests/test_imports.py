@@ -43,4 +43,14 @@ def test_every_sender_of_dispatch_is_connected_by_the_tasks(app):
         for name, f in inspect.getmembers(dispatch, inspect.isfunction)
         if f.__module__ == dispatch.__name__ and not name.startswith("_") and name != "connect"
     }
-    assert senders and senders <= set(dispatch._tasks)
+    assert senders and all(name in dispatch._registry for name in senders)
+
+
+def test_a_sender_whose_task_is_not_connected_names_what_to_import():
+    from common.dispatch import TaskRegistry
+
+    registry = TaskRegistry("demo.tasks", "DemoConfig.ready")
+    with pytest.raises(LookupError, match=r"demo\.tasks\.run is not connected.*DemoConfig\.ready"):
+        registry["run"]
+    registry.connect(run=print)
+    assert "run" in registry and registry["run"] is print

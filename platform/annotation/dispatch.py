@@ -6,38 +6,28 @@ the message carries ids only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from common.dispatch import TaskRegistry
 
 if TYPE_CHECKING:
     from celery.result import AsyncResult
 
-_tasks: dict[str, Any] = {}
-
-
-def connect(**tasks: Any) -> None:
-    """tasks.py hands in its Celery tasks by name (idempotent: a second import connects the same)."""
-    _tasks.update(tasks)
-
-
-def _task(name: str) -> Any:
-    try:
-        return _tasks[name]
-    except KeyError:
-        raise LookupError(
-            f"annotation.tasks.{name} is not connected: annotation.tasks was not imported "
-            "(AnnotationConfig.ready imports it)."
-        ) from None
+_registry = TaskRegistry("annotation.tasks", "AnnotationConfig.ready")
+connect = _registry.connect
 
 
 def review_seg_export(review_id: int) -> None:
-    _task("review_seg_export").delay(review_id)
+    _registry["review_seg_export"].delay(review_id)
 
 
 def volume_embeddings_compute(volume_id: int) -> None:
-    _task("volume_embeddings_compute").delay(volume_id)
+    _registry["volume_embeddings_compute"].delay(volume_id)
 
 
 def case_interactive_segment(
     volume_id: int, request: dict, *, route: dict | None = None, expires: float
 ) -> AsyncResult:
-    return _task("case_interactive_segment").apply_async(args=[volume_id, request, route], expires=expires)
+    return _registry["case_interactive_segment"].apply_async(
+        args=[volume_id, request, route], expires=expires
+    )
