@@ -692,9 +692,10 @@ def _pool_score(run, project: Project) -> dict:
 
 def learning_tick() -> dict:
     """What beat runs every minute: recover lost jobs; per project, take in new volumes that match its
-    intake rule, start a round when enough new masks were approved since the last one, and score new or
-    stale cases of the pool."""
-    out = {"recovered": jobs_recover(), "added": {}, "adapt": [], "score": []}
+    intake rule, start a round when enough new masks were approved since the last one (and its model can
+    be judged on the locked validation split; ``waiting`` says why not), and score new or stale cases of
+    the pool."""
+    out = {"recovered": jobs_recover(), "added": {}, "adapt": [], "waiting": {}, "score": []}
     for project in Project.objects.all():
         added = project_intake(project=project)
         if added:
@@ -702,9 +703,17 @@ def learning_tick() -> dict:
         policy = policy_get(project)
         approved = len(approved_versions(project))
         if policy.adapt_every and approved - _approved_at_last_round(project) >= policy.adapt_every:
-            job, created = adaptation_start(project=project, user=None, trigger="auto")
-            if created:
-                out["adapt"].append(job.id)
+            from learning.selectors import adaptation_plan
+
+            # A round whose model could be neither judged nor promoted would spend the train queue on
+            # nothing: the automatic one waits (an admin can still start it, after a confirmation).
+            plan = adaptation_plan(project=project)
+            if plan.judged and not plan.problem:
+                job, created = adaptation_start(project=project, user=None, trigger="auto")
+                if created:
+                    out["adapt"].append(job.id)
+            else:
+                out["waiting"][project.id] = plan.problem or plan.judgement
         active = active_version(project)
         label = COLD_START if active is None else active.label
         stale = Case.objects.filter(project=project, status=Case.Status.NEW).exclude(score_model=label)

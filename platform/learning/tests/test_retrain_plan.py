@@ -48,6 +48,7 @@ def test_a_round_without_validation_cases_is_announced_and_needs_a_confirmation(
         in page
     )
     assert "it cannot be judged" in page and "You will be asked to confirm" in page
+    assert 'id="auto-round-waits"' in page  # the automatic round waits for a validation case
     asked = admin.post(retrain, {"method": "norm"})
     assert asked.status_code == 200 and "This round's model cannot be judged" in asked.content.decode()
     assert 'name="confirm" value="1"' in asked.content.decode() and not Job.objects.exists()
@@ -68,6 +69,7 @@ def test_a_round_without_validation_cases_is_announced_and_needs_a_confirmation(
     second = Job.objects.exclude(pk=job.pk).get()
     assert second.params["judged"] is True
     assert "judged on 1 approved validation case against the first-model floor" in started
+    assert 'id="auto-round-waits"' not in started
 
 
 def test_after_a_first_model_the_plan_counts_the_paired_cases_the_gate_needs(

@@ -327,7 +327,7 @@ def test_cold_start_ranks_the_pool_by_diversity_without_a_model(hippo_project):
 def test_the_tick_starts_a_round_after_n_approvals_and_scores_new_cases(
     hippo_project, django_capture_on_commit_callbacks
 ):
-    hp = hippo_project(train=3, validation=0, pool=1)
+    hp = hippo_project(train=3, validation=1, pool=1)
     small_policy(hp.project, adapt_every=3)
     with django_capture_on_commit_callbacks(execute=False):
         out = learning_tick()
@@ -339,13 +339,20 @@ def test_the_tick_starts_a_round_after_n_approvals_and_scores_new_cases(
     hp.approve(hp.cases["train"][2])
     with django_capture_on_commit_callbacks(execute=False):
         out = learning_tick()
+    # 3 approved, but none in the locked validation split: the model could not be judged, so it waits
+    assert out["adapt"] == [] and not Job.objects.filter(kind=Job.Kind.ADAPT).exists()
+    assert "no approved case in the locked validation split" in out["waiting"][hp.project.id]
+    hp.approve(hp.cases["validation"][0])
+    with django_capture_on_commit_callbacks(execute=False):
+        out = learning_tick()
     job = Job.objects.get(kind=Job.Kind.ADAPT)
-    assert out["adapt"] == [job.id] and job.params == {
+    assert out["adapt"] == [job.id] and out["waiting"] == {}
+    assert job.params == {
         "method": "lora_conv",
-        "approved": 3,
+        "approved": 4,
         "trigger": "auto",
         "trains": "full",  # a first round; said before it starts
-        "judged": False,  # no approved validation case
+        "judged": True,  # against the first-model floor on the approved validation case
     }
     with django_capture_on_commit_callbacks(execute=False):
         assert learning_tick()["adapt"] == []  # no new approvals since that round
@@ -357,20 +364,20 @@ def test_the_tick_starts_a_round_after_n_approvals_and_scores_new_cases(
 def test_a_failed_round_an_admin_started_does_not_hold_back_the_automatic_one(
     hippo_project, django_capture_on_commit_callbacks
 ):
-    hp = hippo_project(train=6, validation=0, pool=0)
+    hp = hippo_project(train=6, validation=1, pool=0)
     small_policy(hp.project, adapt_every=3)
-    for case in hp.cases["train"][:3]:
+    for case in hp.cases["validation"] + hp.cases["train"][:2]:
         hp.approve(case)
     with django_capture_on_commit_callbacks(execute=False):
         (auto,) = learning_tick()["adapt"]
     Job.objects.filter(pk=auto).update(state=Job.State.SUCCEEDED)
-    for case in hp.cases["train"][3:5]:
+    for case in hp.cases["train"][2:4]:
         hp.approve(case)
     with django_capture_on_commit_callbacks(execute=False):
         manual, _ = adaptation_start(project=hp.project, user=hp.users["admin"], base_checkpoint="/nope.pt")
     assert manual.params["approved"] == 5
     Job.objects.filter(pk=manual.pk).update(state=Job.State.FAILED, error="bad checkpoint")
-    hp.approve(hp.cases["train"][5])
+    hp.approve(hp.cases["train"][4])
     with django_capture_on_commit_callbacks(execute=False):
         out = learning_tick()  # 6 approved, 3 at the last round that counts
     (started,) = Job.objects.filter(pk__in=out["adapt"])
