@@ -5,14 +5,18 @@
 - :func:`adaptation_round`: adapt a base with a PEFT method on approved cases (resumable), score the
   candidate and the active model on the same locked validation cases, let the gate judge, and write the
   adapter and the merged weights the workers serve.
+- :func:`sam_adaptation_round`: the same for LiteMedSAM, the interactive foundation model: its mask
+  decoder adapted on box-prompted slices of the approved cases, judged against the LiteMedSAM that
+  answers now by what annotators get (Dice after a 3D box, then the interactive curve).
 - :class:`PoolScorer`: pre-segment and score unlabelled volumes with a model (or, at cold start, embed
   them only), then rank them with a selection strategy.
 """
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,20 +35,42 @@ from ml_worker.adaptation.train import (
     case_means,
     evaluate_task,
 )
+from ml_worker.adaptation.train_sam import SamTrainConfig, SamTrainer
+from ml_worker.inference.embeddings import EmbeddingCache
 from ml_worker.inference.eval import interactive_curve
 from ml_worker.inference.native import Native3DTask
 from ml_worker.io.volume import load_volume
+from ml_worker.models.checkpoints import (
+    LITEMEDSAM_SHA256,
+    CheckpointError,
+    load_litemedsam,
+    save_atomic,
+    select_device,
+)
+from ml_worker.models.encoders import build_encoder
 from ml_worker.models.native3d import Native3DConfig, save_native3d
 from ml_worker.uncertainty.embedding import intensity_embedding
 from ml_worker.uncertainty.pool import PoolItem
 from ml_worker.uncertainty.scorers import ScoringInput, score_volume
 from ml_worker.uncertainty.strategies import Ranked, get_strategy
 
-__all__ = ["GateOptions", "PoolScorer", "RoundResult", "adaptation_round", "initial_checkpoint"]
+__all__ = [
+    "SAM_METHODS",
+    "GateOptions",
+    "PoolScorer",
+    "RoundResult",
+    "adaptation_round",
+    "initial_checkpoint",
+    "sam_adaptation_round",
+]
 
 SCORE_KEY = "entropy"
 INTERACTIVE_CLICKS = 5  # the gate's interactive curve: a box, then this many corrective clicks
 INTERACTIVE_TOLERANCE = 0.005  # mean Dice the candidate may lose on it (rounding, not a trend)
+# LiteMedSAM methods a round may use: the image encoder stays the bundled one, so the slice embeddings
+# the workers computed (ahead and on demand) serve every adapted version unchanged; a method that trains
+# the encoder would need every volume encoded again per version (minutes per volume on a CPU).
+SAM_METHODS = ("decoder",)
 
 
 def initial_checkpoint(
@@ -252,6 +278,130 @@ def adaptation_round(
         reason=reason,
         gate=verdict,
         seconds=time.perf_counter() - start,
+        interactive=curves,
+        active_interactive=active_curves,
+    )
+
+
+def sam_adaptation_round(
+    *,
+    method: str,
+    cases: Sequence[TrainCase],
+    validation: Sequence[TrainCase],
+    train: SamTrainConfig,
+    out_dir: Path,
+    active: Path | None = None,
+    active_sha256: str | None = None,
+    rival: Path | None = None,
+    modality: str = "MR",
+    embeddings: EmbeddingCache | None = None,
+    encoder: str = "auto",
+    snapshot_ids: Sequence[str] = (),
+    options: GateOptions = GateOptions(),
+    progress: Callable[[int, int, float], None] | None = None,
+    device: str | None = None,
+) -> RoundResult:
+    """Adapt the bundled LiteMedSAM with `method` on `cases`; judge it against the LiteMedSAM that answers
+    the project now (`active`, an earlier version's weights, or the bundled model) on `validation`.
+
+    Both are scored as annotators use them: per case and class, Dice after a jittered 3D box (the gate's
+    paired test), then the interactive curve (box and corrective clicks; the candidate may not be worse
+    on it). `rival`, the project's active native net, is scored on the same boxes and clicks, so the
+    platform can route boxes and clicks to whichever does better (``RoundResult.extra["rival"]``).
+    Embeddings of the bundled encoder are read from (and added to) `embeddings`, keyed as the
+    interactive worker keys them. Resumable like :func:`adaptation_round`; ``out_dir/adapter.pt`` and
+    ``out_dir/weights.pt`` (a plain LiteMedSAM state dict) are written last, atomically.
+
+    Raises:
+        CheckpointError: `active` or `rival` is missing, corrupt or not the right network (before any
+            training time is spent).
+        AdapterError: a method that trains the image encoder, or not a LiteMedSAM method.
+        ValueError: no training cases, or no labelled structure on them.
+    """
+    from ml_worker.adaptation.peft import AdapterError
+
+    if method not in SAM_METHODS:
+        get_method("litemedsam", method)  # an unknown name lists the known ones
+        raise AdapterError(
+            f"a learning round adapts LiteMedSAM with {', '.join(SAM_METHODS)} only: {method!r} trains "
+            "the image encoder, so every volume would have to be encoded again for its version"
+        )
+    if not cases:
+        raise ValueError("no training cases")
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    dev = select_device(device)
+    # The models compared first: a bad file fails the round before any training time is spent.
+    try:
+        incumbent = (
+            load_litemedsam(device=dev)
+            if active is None
+            else load_litemedsam(path=Path(active), expected_sha256=active_sha256, device=dev)
+        )
+    except CheckpointError as exc:
+        raise CheckpointError(f"the active LiteMedSAM version cannot be loaded: {exc}") from None
+    try:
+        rival_task = None if rival is None else Native3DTask.from_checkpoint(Path(rival), device=dev)
+    except CheckpointError as exc:
+        raise CheckpointError(f"the active native model cannot be loaded: {exc}") from None
+    base = load_litemedsam(device=dev)
+    cache = embeddings if embeddings is not None else EmbeddingCache(max_bytes=2 << 30)
+    shared = {
+        "device": dev,
+        "base_sha256": LITEMEDSAM_SHA256,
+        "embeddings": cache,
+        "encoder": build_encoder(copy.deepcopy(base), encoder, weights_id=LITEMEDSAM_SHA256),
+    }
+    trainer = SamTrainer(
+        base,
+        get_method("litemedsam", method),
+        train,
+        progress=progress,
+        checkpoint_dir=out_dir / "checkpoint",
+        **shared,
+    )
+    fitted = trainer.fit(cases, resume=True)
+    curve = {"n_clicks": INTERACTIVE_CLICKS, "seed": train.seed}
+    candidate, curves = trainer.interactive(validation, **curve) if validation else ({}, {})
+    # the incumbent is only scored: the method just decides what would train
+    judge = SamTrainer(incumbent, get_method("litemedsam", method), train, **shared)
+    active_scores, active_curves = judge.interactive(validation, **curve) if validation else ({}, {})
+    promotable, reason, verdict = _verdict(candidate, active_scores, options)
+    worse = _interactive_verdict(curves, active_curves)
+    if worse is not None and promotable:
+        promotable, reason = False, worse
+    rival_curves = None
+    if rival_task is not None and rival_task.config.guidance and validation:
+        rival_curves = interactive_curve(
+            rival_task, validation, modality=modality, n_clicks=INTERACTIVE_CLICKS, seed=train.seed
+        )
+    means = case_means(candidate)
+    adapter = out_dir / "adapter.pt"
+    trainer.save_adapter(
+        adapter,
+        data_snapshot_ids=snapshot_ids,
+        metrics={"validation_box_dice": float(np.mean(list(means.values()))) if means else None},
+    )
+    weights = save_atomic(merge(trainer.model).cpu().state_dict(), out_dir / "weights.pt")
+    losses = fitted["losses"]
+    every = max(1, len(losses) // 20)
+    return RoundResult(
+        adapter=adapter,
+        weights=weights,
+        base_sha256=LITEMEDSAM_SHA256,
+        method=method,
+        history=[{"step": i + 1, "loss": round(v, 5)} for i, v in enumerate(losses) if (i + 1) % every == 0],
+        validation=candidate,
+        active_validation=active_scores,
+        promotable=promotable,
+        reason=reason,
+        gate=verdict,
+        seconds=time.perf_counter() - start,
+        extra={
+            "model": "litemedsam",
+            "metric": "Dice after a jittered 3D box",
+            "rival": None if rival_curves is None else _mean_curve(rival_curves),
+        },
         interactive=curves,
         active_interactive=active_curves,
     )

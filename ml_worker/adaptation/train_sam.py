@@ -8,8 +8,12 @@ preprocessing (the volume's percentile normalisation :func:`~ml_worker.inference
 then :func:`~ml_worker.models.litemedsam.preprocess_slice`), and the loss is BCE + soft Dice on the
 single-mask logits in the 256x256 model frame, padding excluded.
 
-The PEFT method (the ``litemedsam`` ones of :mod:`ml_worker.adaptation.peft`) decides what trains; a
-method that leaves the image encoder frozen (``decoder``) runs it without gradients. Frozen BatchNorm
+The PEFT method (the ``litemedsam`` ones of :mod:`ml_worker.adaptation.peft`) decides what trains. A
+method that leaves the image encoder frozen (``decoder``) never runs it during training: each volume is
+encoded once, whole, by the inference runtime (``encoder``: ONNX Runtime where it runs) into an
+:class:`~ml_worker.inference.embeddings.EmbeddingCache` under the key the interactive worker uses, so
+the slices annotators already prompted are not encoded again, and every epoch, the evaluation and the
+interactive curve read the same embeddings. Frozen BatchNorm
 layers stay in eval mode (:func:`~ml_worker.adaptation.peft.set_train_mode`), so base + adapter is
 exactly the trained model. Sampling, jitter and the initialisation of added (LoRA) parameters follow
 from ``seed``. With a ``checkpoint_dir`` the run's state (trained tensors, optimizer, schedule, RNGs) is
@@ -48,17 +52,20 @@ from ml_worker.adaptation.peft import (
 from ml_worker.adaptation.train import CheckpointMismatchError, TrainCase, read_training_checkpoint
 from ml_worker.inference.embeddings import (
     EmbeddingCache,
+    VolumeEmbeddings,
     cache_key,
+    encode_volume,
     in_plane_axes,
     normalise_mr,
     set_volume_slice,
     slice_transform,
     volume_slice,
 )
-from ml_worker.inference.eval import dice
-from ml_worker.inference.sam3d import mask_box
+from ml_worker.inference.eval import EvalConfig, _rng, dice, evaluate_structure
+from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig, mask_box
 from ml_worker.io.volume import load_volume
-from ml_worker.models.checkpoints import autocast, save_atomic, select_device
+from ml_worker.models.checkpoints import autocast, file_sha256, save_atomic, select_device
+from ml_worker.models.encoders import SliceEncoder
 from ml_worker.models.litemedsam import (
     IMAGE_SIZE,
     LiteMedSAM,
@@ -67,7 +74,7 @@ from ml_worker.models.litemedsam import (
     preprocess_slice,
 )
 
-__all__ = ["SamTrainConfig", "SamTrainer"]
+__all__ = ["SamTrainConfig", "SamTrainer", "embeddings_key"]
 
 CHECKPOINT_FORMAT = "ml_worker.sam-train-checkpoint/1"
 CHECKPOINT_NAME = "sam_checkpoint.pt"
@@ -116,6 +123,13 @@ class _Case:
     volume: np.ndarray  # normalised to [0, 1], float32
     label: np.ndarray  # integer label values
     labelled: tuple[int, ...]
+    embeddings: np.ndarray | None = None  # (K, 256, 64, 64) float16 along the axis; None: encoder trains
+
+
+def embeddings_key(volume_sha256: str, weights_sha256: str, axis: int) -> str:
+    """The cache key of a volume's slice embeddings by the encoder of the weights `weights_sha256`; for
+    the bundled weights, the key of the interactive worker (``inference.interactive.embeddings_key``)."""
+    return cache_key(volume_sha256, f"litemedsam/{weights_sha256[:16]}", f"axis{axis}")
 
 
 def _frame(mask2d: np.ndarray, transform: SliceTransform) -> Tensor:
@@ -150,8 +164,9 @@ class SamTrainer:
         base_sha256: sha256 of the base weights file (what :meth:`save_adapter` records).
         checkpoint_dir: where the run's state goes every ``checkpoint_every`` steps (none without it:
             no resume).
-        embedding_cache_bytes: bound of the in-memory slice embeddings a frozen encoder's output is kept
-            in during :meth:`fit` (2 MiB a slice).
+        embeddings: where a frozen encoder's volume embeddings are kept (2 MiB a slice; with a folder,
+            shared with the interactive worker and later rounds); default an in-memory cache of 2 GiB.
+        encoder: the runtime a frozen encoder runs on (default torch, float32 on the CPU).
     """
 
     def __init__(
@@ -164,14 +179,16 @@ class SamTrainer:
         progress: Callable[[int, int, float], None] | None = None,
         base_sha256: str | None = None,
         checkpoint_dir: Path | None = None,
-        embedding_cache_bytes: int = 1 << 30,
+        embeddings: EmbeddingCache | None = None,
+        encoder: SliceEncoder | None = None,
     ) -> None:
         self.device = select_device(device) if not isinstance(device, torch.device) else device
         self.config, self.method, self.progress, self.base_sha256 = config, method, progress, base_sha256
         torch.manual_seed(config.seed)  # LoRA's A matrices
         self.model = method.apply(model).to(self.device)
         self.encoder_trains = any(p.requires_grad for p in self.model.image_encoder.parameters())
-        self.embeddings = EmbeddingCache(max_bytes=embedding_cache_bytes)
+        self.embeddings = embeddings if embeddings is not None else EmbeddingCache(max_bytes=2 << 30)
+        self.encoder = encoder
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         fp16 = self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 and the CPU need none
@@ -185,10 +202,26 @@ class SamTrainer:
             label, _ = load_volume(case.label)
             if image.shape != label.shape:
                 raise ValueError(f"{case.case_id}: image {image.shape} and label {label.shape} differ")
+            embeddings = None if self.encoder_trains else self._embeddings(Path(case.image), image)
             loaded.append(
-                _Case(case.case_id, normalise_mr(image), np.rint(label).astype(np.int32), case.labelled)
+                _Case(
+                    case.case_id,
+                    normalise_mr(image),
+                    np.rint(label).astype(np.int32),
+                    case.labelled,
+                    embeddings,
+                )
             )
         return loaded
+
+    def _embeddings(self, path: Path, image: np.ndarray) -> np.ndarray:
+        """The volume's slice embeddings by the frozen encoder: from the cache, else encoded whole."""
+        if self.base_sha256 is None:
+            raise ValueError("a frozen encoder's embeddings are cached by base: give base_sha256")
+        key = embeddings_key(file_sha256(path), self.base_sha256, self.config.axis)
+        return self.embeddings.get_or_compute(
+            key, lambda: encode_volume(self.model, image, axis=self.config.axis, encoder=self.encoder)
+        )
 
     def _slices(self, case: _Case, value: int) -> list[int]:
         """The slices along the axis on which `value` has foreground."""
@@ -232,26 +265,13 @@ class SamTrainer:
     def _logits(
         self, cases: list[_Case], picks: Sequence[tuple[int, int, int]], images: Tensor, boxes: Tensor
     ) -> Tensor:
-        """Mask logits of the picked slices. A frozen encoder's output is computed once per slice and kept
-        (float16, as the platform keeps slice embeddings), so later steps on that slice run the decoder
-        only."""
+        """Mask logits of the picked slices; a frozen encoder's are read from the volume's embeddings."""
         with autocast(self.device):
             if self.encoder_trains:
                 embeddings = self.model.encode(images)
             else:
-                rows = []
-                for row, (i, k, _) in enumerate(picks):
-                    key = cache_key("sam-train", cases[i].case_id, self.config.axis, k)
-
-                    def encode(row: int = row) -> np.ndarray:
-                        with torch.no_grad():
-                            features = self.model.encode(images[row : row + 1])[0]
-                        return features.float().cpu().numpy().astype(np.float16)
-
-                    rows.append(
-                        torch.from_numpy(self.embeddings.get_or_compute(key, encode).astype(np.float32))
-                    )
-                embeddings = torch.stack(rows).to(self.device)
+                rows = [np.asarray(cases[i].embeddings[k], dtype=np.float32) for i, k, _ in picks]
+                embeddings = torch.from_numpy(np.stack(rows)).to(self.device)
             logits, _ = self.model.decode(embeddings, boxes=boxes)
         return logits.float()
 
@@ -368,11 +388,15 @@ class SamTrainer:
             slices = sorted(by_slice)
             for start in range(0, len(slices), batch_size):  # each slice is encoded once
                 chunk = slices[start : start + batch_size]
-                images = torch.stack(
-                    [preprocess_slice(volume_slice(case.volume, axis, k))[0] for k in chunk]
-                ).to(self.device)
-                with autocast(self.device):
-                    embeddings = self.model.encode(images)
+                if case.embeddings is not None:
+                    embeddings = torch.from_numpy(np.asarray(case.embeddings[chunk], dtype=np.float32))
+                    embeddings = embeddings.to(self.device)
+                else:
+                    images = torch.stack(
+                        [preprocess_slice(volume_slice(case.volume, axis, k))[0] for k in chunk]
+                    ).to(self.device)
+                    with autocast(self.device):
+                        embeddings = self.model.encode(images)
                 for row, k in enumerate(chunk):
                     values = by_slice[k]
                     _, boxes, _, _ = self._batch(loaded, [(i, k, v) for v in values], None)
@@ -385,6 +409,55 @@ class SamTrainer:
                 if truth.any():
                     by_case.setdefault(case.case_id, {})[str(value)] = dice(mask, truth)
         return by_case
+
+    @torch.no_grad()
+    def interactive(
+        self,
+        cases: Sequence[TrainCase],
+        *,
+        n_clicks: int = 5,
+        jitter: int = 2,
+        seed: int = 0,
+        propagation: PropagationConfig | None = None,
+    ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+        """What an annotator gets from the model in 3D: per case and label value (as text), Dice after a
+        jittered 3D box (slice-by-slice propagation, :class:`~ml_worker.inference.sam3d.LiteMedSAM3D`);
+        and per case the interactive curve, Dice after the box and after each of `n_clicks` corrective
+        clicks, averaged over its classes. Boxes and clicks are those of
+        :func:`~ml_worker.inference.eval.interactive_curve` (seeded per case and class), so the curves
+        of LiteMedSAM and of the native net on the same cases compare."""
+        self.model.eval()
+        axis = self.config.axis
+        config = EvalConfig(
+            n_clicks=n_clicks,
+            jitter=jitter,
+            axis=axis,
+            seed=seed,
+            propagation=propagation or PropagationConfig(),
+        )
+        boxed: dict[str, dict[str, float]] = {}
+        curves: dict[str, list[float]] = {}
+        for case in self._load(cases):
+            stored = case.embeddings
+            if stored is None:  # the encoder trained: encode with it (the volume is normalised already)
+                stored = encode_volume(self.model, case.volume, axis=axis, normalise=np.asarray)
+            embeddings = VolumeEmbeddings(stored, tuple(case.volume.shape), axis)
+            per_class = []
+            for value in case.labelled:
+                truth = case.label == value
+                if not truth.any():
+                    continue
+                session = LiteMedSAM3D(
+                    self.model, embeddings, label=value, config=config.propagation, device=self.device
+                )
+                result = evaluate_structure(
+                    session, truth, label=value, rng=_rng(seed, case.case_id, value), config=config
+                )
+                boxed.setdefault(case.case_id, {})[str(value)] = float(result["dice"][0])
+                per_class.append(result["dice"])
+            if per_class:
+                curves[case.case_id] = [round(float(v), 4) for v in np.mean(per_class, axis=0)]
+        return boxed, curves
 
     def save_adapter(
         self,

@@ -66,7 +66,11 @@ def test_a_frozen_encoder_runs_once_per_slice(base, case):
     forward = trainer.model.image_encoder.forward
     trainer.model.image_encoder.forward = lambda x: calls.append(len(x)) or forward(x)
     losses = trainer.fit([case])["losses"]
-    assert len(losses) == 6 and sum(calls) == len(calls) <= 2  # slices 1 and 2, one at a time
+    assert len(losses) == 6 and calls == [3]  # the volume's 3 slices, once, for every step
+    trainer.fit([case])
+    trainer.evaluate([case])
+    trainer.interactive([case], n_clicks=1)
+    assert calls == [3]  # later epochs, the evaluation and the curve read the cached embeddings
 
 
 def test_encoder_lora_learns_while_base_weights_and_batchnorm_statistics_stay(base, case):
