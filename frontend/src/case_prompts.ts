@@ -205,11 +205,12 @@ export class CasePrompts {
     if (attempt === 0) notices.status(`Asking the model for ${labelName(label)}…`);
     try {
       const clicks = [...s.clicks];
+      const carried = this.unanswered.sent(label);
       const { result, bytesSent } = await lock.withLock(() => api.interactive(caseId, { label, box, clicks }));
       const cm = classMaskFrom(viewer.o, result.label ?? label, result.mask);
       const before = viewer.history.top;
       const voxels = viewer.applyClassMask(cm);
-      const counted = this.unanswered.answered(label);
+      const counted = this.unanswered.answered(label, carried);
       for (let i = 0; i < counted.clicks; i++) effort.click();
       if (counted.modelCall) effort.modelCall();
       const top = viewer.history.top;

@@ -4,8 +4,9 @@
  * says how far that is ("preparing the model: 12 of 34 slices"), asks again by itself until the answer
  * is complete, and retries by itself when no model worker answered in time.
  *
- * Effort counts real actions only: a box or click counts as a click, and its request as one model call,
- * once the model has answered it. Follow-up requests while slices arrive, retries, and requests that
+ * Effort counts real actions only: a box or click counts as a click, and the request that carried it as
+ * one model call, once the model has answered it (prompts given while a request runs go with the next
+ * one, and count with its answer). Follow-up requests while slices arrive, retries, and requests that
  * were never answered count as nothing.
  */
 
@@ -50,7 +51,12 @@ export function afterError(err: unknown, attempt: number): NextStep {
   return { kind: "retry", afterMs: RETRY_MS[attempt] };
 }
 
-/** Prompts given but not answered yet, per class: counted into effort only once the model answers. */
+/**
+ * Prompts given but not answered yet, per class: counted into effort only once the model answers the
+ * request that carried them. A prompt given while a request runs waits for the next request (which
+ * carries it), so each request that asked something new is one model call, however the prompts and
+ * the requests interleave.
+ */
 export class UnansweredPrompts {
   private waiting = new Map<number, number>();
 
@@ -59,10 +65,20 @@ export class UnansweredPrompts {
     this.waiting.set(label, (this.waiting.get(label) ?? 0) + 1);
   }
 
-  /** The model answered class `label`: the prompts to count as clicks, and whether it was a model call. */
-  answered(label: number): { clicks: number; modelCall: boolean } {
-    const clicks = this.waiting.get(label) ?? 0;
-    this.waiting.delete(label);
+  /** A request of class `label` goes out: how many prompts it carries (hand it to `answered`). */
+  sent(label: number): number {
+    return this.waiting.get(label) ?? 0;
+  }
+
+  /**
+   * The model answered a request of class `label` that carried `carried` prompts: the prompts to count
+   * as clicks, and whether the request was a model call (it carried any).
+   */
+  answered(label: number, carried: number): { clicks: number; modelCall: boolean } {
+    const waiting = this.waiting.get(label) ?? 0;
+    const clicks = Math.min(carried, waiting); // fewer when Esc dropped them meanwhile
+    if (waiting > clicks) this.waiting.set(label, waiting - clicks);
+    else this.waiting.delete(label);
     return { clicks, modelCall: clicks > 0 };
   }
 

@@ -23,10 +23,36 @@ test("no answer in time is retried by itself, with growing waits, then reported"
 test("prompts count as clicks and a model call only once answered; follow-ups count nothing", () => {
   const u = new UnansweredPrompts();
   u.prompt(1); // the box
-  u.prompt(1); // a click placed while its request ran
+  const boxRequest = u.sent(1);
   u.prompt(2);
-  assert.deepEqual(u.answered(1), { clicks: 2, modelCall: true });
-  assert.deepEqual(u.answered(1), { clicks: 0, modelCall: false }); // the page asking again as slices arrive
+  assert.deepEqual(u.answered(1, boxRequest), { clicks: 1, modelCall: true });
+  assert.deepEqual(u.answered(1, u.sent(1)), { clicks: 0, modelCall: false }); // asking again as slices arrive
   u.forget(2); // its request failed for good: never counted
-  assert.deepEqual(u.answered(2), { clicks: 0, modelCall: false });
+  assert.deepEqual(u.answered(2, u.sent(2)), { clicks: 0, modelCall: false });
+});
+
+test("a prompt given while a request runs counts with the request that carries it", () => {
+  const u = new UnansweredPrompts();
+  u.prompt(1); // a box on one slice
+  const first = u.sent(1);
+  u.prompt(1); // the same structure on another view, while the first request runs
+  assert.deepEqual(u.answered(1, first), { clicks: 1, modelCall: true });
+  const second = u.sent(1); // the queued request: the merged box
+  assert.deepEqual(u.answered(1, second), { clicks: 1, modelCall: true });
+  const poll = u.sent(1); // asking again while slices arrive...
+  u.prompt(1); // ... and a click meanwhile
+  assert.deepEqual(u.answered(1, poll), { clicks: 0, modelCall: false });
+  assert.deepEqual(u.answered(1, u.sent(1)), { clicks: 1, modelCall: true });
+});
+
+test("a retried request counts its prompts once, with its answer", () => {
+  const u = new UnansweredPrompts();
+  u.prompt(1);
+  u.sent(1); // no worker answered in time: retried by itself
+  u.prompt(1); // a click before the retry goes
+  assert.deepEqual(u.answered(1, u.sent(1)), { clicks: 2, modelCall: true });
+  u.prompt(1);
+  const dropped = u.sent(1);
+  u.forget(1); // Esc while it ran
+  assert.deepEqual(u.answered(1, dropped), { clicks: 0, modelCall: false });
 });
