@@ -4,7 +4,9 @@ Playwright against the live Django server, with real PostgreSQL, Redis, Orthanc 
 One case from log-in to the PACS: an annotator opens the worklist, takes the hippocampus case ingested
 from Orthanc, sees it rendered, asks the model for a mask with a box and a click (LiteMedSAM on the
 `interactive` queue), paints, saves, reloads and finds the same mask, submits; a reviewer approves and
-the DICOM SEG lands in Orthanc with that mask.
+the DICOM SEG lands in Orthanc with that mask. A fresh case at cold start (no embeddings): the first box
+is answered at once, the page says how far the model's slices are while they are encoded, and the effort
+it saves counts the annotator's boxes, clicks and model calls, not its own follow-ups.
 
 Needs the browser bundle (`cd frontend && npm run build`, which deploy/test.sh does) and
 /usr/bin/chromium (deploy/test.sh installs it). On failure, screenshots of the pages it drove are kept
@@ -13,6 +15,7 @@ under tests/artifacts/<test>/.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -198,6 +201,11 @@ def wait_metrics(page: Page, condition: str, timeout: float) -> None:
         f"() => {{ const m = window.annotator.metrics; return m.errors.length > 0 || ({condition}); }}",
         timeout=timeout,
     )
+    errors = page.evaluate("() => window.annotator.metrics.errors")
+    assert not errors, f"the page reported: {errors} (status: {page.inner_text('#status')})"
+
+
+def no_page_errors(page: Page) -> None:
     errors = page.evaluate("() => window.annotator.metrics.errors")
     assert not errors, f"the page reported: {errors} (status: {page.inner_text('#status')})"
 
@@ -460,6 +468,170 @@ def test_annotate_review_and_export_in_the_browser(
     back, names = seg_to_mask(seg, sop_instance_uids=case.volume.sop_instance_uids, shape=shape)
     np.testing.assert_array_equal(back, mask_read(head.path))
     assert names == {ANTERIOR: "anterior", POSTERIOR: "posterior"}
+    assert not pages.page_errors, pages.page_errors
+
+
+# ---- a fresh case at cold start (issue 15): readiness while slices are encoded, effort as done ------------
+
+
+@pytest.fixture
+def late_gpu_worker(settings) -> Iterator[Callable[[], None]]:
+    """The worker of `workers` on the interactive and cpu queues only; calling what it yields makes it
+    consume the gpu queue too (the embeddings task), as when the gpu worker is busy elsewhere when a case
+    is taken and comes to it later. So a first box meets a volume of which only the slices the prompts
+    are on are encoded (by the interactive worker), whatever the machine's speed."""
+    settings.INTERACTIVE_TIMEOUT_SECONDS = 120
+    app.control.purge()
+    with start_worker(
+        app,
+        queues=["interactive", "cpu"],
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        shutdown_timeout=120,
+    ) as worker:
+
+        def gpu_joins() -> None:
+            replies = app.control.add_consumer("gpu", destination=[worker.hostname], reply=True, timeout=30)
+            assert replies and all("ok" in r for reply in replies for r in reply.values()), replies
+
+        yield gpu_joins
+
+
+# Every text #model-readiness showed (and "" when hidden), in order, from the page's start.
+JS_WATCH_READINESS = """() => {
+  const el = document.getElementById('model-readiness');
+  window.readinessSeen = [el.hidden ? '' : el.textContent];
+  new MutationObserver(() => window.readinessSeen.push(el.hidden ? '' : el.textContent))
+    .observe(el, { attributes: true, childList: true, characterData: true, subtree: true });
+}"""
+READINESS = re.compile(r"^preparing the model: (\d+) of (\d+) slices$")
+JS_SETTLED = """() => {
+  const el = document.getElementById('model-readiness');
+  const m = window.annotator.metrics;
+  return m.errors.length > 0 || (el.hidden && !document.body.classList.contains('model-busy'));
+}"""
+
+
+def prompted(body: dict) -> tuple:
+    """What a model request asks: its class, box and clicks (a request asking the same again is a
+    follow-up while slices arrive, or a retry)."""
+    return body["label"], json.dumps(body["box"], sort_keys=True), json.dumps(body["clicks"], sort_keys=True)
+
+
+def test_a_first_box_on_a_fresh_case_answers_and_effort_counts_real_actions(
+    live_server, hippo_case, truth, people, late_gpu_worker, pages
+):
+    case, base = hippo_case, live_server.url
+    shape = tuple(case.volume.shape)
+    assert not any((Path(settings.MEDIA_ROOT) / "embeddings").glob("*.npy")), "not a fresh volume"
+
+    page = pages.open("annotator")
+    answered: list[tuple[dict, int]] = []  # each model request the page made, with its answer's status
+    saved: list[dict] = []
+    page.on(
+        "response",
+        lambda r: (
+            answered.append((r.request.post_data_json, r.status))
+            if r.url.endswith("/interactive/")
+            else saved.append(r.request.post_data_json)
+            if r.url.endswith("/versions/create/")
+            else None
+        ),
+    )
+    log_in(page, base, people[Role.ANNOTATOR])
+    page.goto(f"{base}/projects/{case.project_id}/")
+    page.click("#next-case")  # takes the case: its embeddings task is queued (no gpu worker yet)
+    page.wait_for_url(f"{base}/cases/{case.id}/")
+    wait_ready(page)
+    page.evaluate(JS_WATCH_READINESS)
+
+    # -- at once, a box around the anterior part on its fullest axial slice, and right after it (while
+    # the first request still runs) the same structure's extent on the coronal view: the 3D box
+    target = truth == ANTERIOR
+    page.keyboard.press("1")
+    page.keyboard.press("x")
+    axial, coronal = view_of(page, AXIAL), view_of(page, CORONAL)
+    s = largest_slice(target, axial.normal)
+    lo, hi = extent(np.take(target, s, axis=axial.normal), insert=(axial.normal, s), shape=shape)
+    axial.drag(page, lo, hi)
+    c = largest_slice(target, coronal.normal)
+    lo3, hi3 = extent(target, shape=shape)
+    lo3[coronal.normal] = hi3[coronal.normal] = c
+    coronal.drag(page, lo3, hi3)
+
+    # -- the 3D box is answered on the slices encoded so far, and the page says how far the model is
+    page.wait_for_function(
+        "() => window.annotator.metrics.errors.length > 0"
+        " || !document.getElementById('model-readiness').hidden",
+        timeout=MODEL_MS,
+    )
+    no_page_errors(page)
+    readiness = page.inner_text("#model-readiness")
+    ready, total = map(int, READINESS.match(readiness).groups())
+    assert 1 <= ready < total, readiness
+    assert (native_mask(page, shape) == ANTERIOR).any(), "the first answer gave no anterior voxels"
+    pages.shot(page, "preparing")
+
+    # -- a positive click while slices are still missing (a follow-up may be running: it goes after it)
+    in_slice = np.argwhere(np.take(target, s, axis=axial.normal))
+    ijk = np.insert(in_slice[len(in_slice) // 2], axial.normal, s)
+    page.keyboard.press("c")
+    with page.expect_response(
+        lambda r: r.url.endswith("/interactive/") and bool(r.request.post_data_json["clicks"]),
+        timeout=MODEL_MS,
+    ) as click_answer:
+        page.mouse.click(*point(page, ijk, axial.tile))
+    assert click_answer.value.status == 200, click_answer.value.text()
+    no_page_errors(page)
+
+    # -- the gpu worker comes: the slab is encoded, the mask grows, the readiness goes away
+    late_gpu_worker()
+    page.wait_for_function(JS_SETTLED, timeout=MODEL_MS)
+    no_page_errors(page)
+    grown = native_mask(page, shape) == ANTERIOR
+    slab = np.unique(np.nonzero(grown)[axial.normal])
+    assert len(slab) > ready, f"the mask did not grow beyond the {ready} slices first ready: {slab}"
+    assert dice(grown, target) > 0.3, f"Dice {dice(grown, target):.2f} with the reference"
+    seen = [t for t in page.evaluate("() => window.readinessSeen") if t]
+    counts = [tuple(map(int, READINESS.match(t).groups())) for t in seen]
+    assert counts and all(n == total for _, n in counts), seen
+    assert [r for r, _ in counts] == sorted(r for r, _ in counts), f"readiness went back: {seen}"
+    pages.shot(page, "ready")
+
+    # -- a negative click outside the structure, within the box, now that every slice is in
+    outside = np.argwhere(~np.take(target, s, axis=axial.normal))
+    box_lo, box_hi = np.delete(lo, axial.normal), np.delete(hi, axial.normal)
+    near = outside[((outside >= box_lo) & (outside <= box_hi)).all(axis=1)]
+    ijk_out = np.insert(near[0], axial.normal, s)
+    page.keyboard.press("v")
+    with page.expect_response(
+        lambda r: r.url.endswith("/interactive/") and len(r.request.post_data_json["clicks"]) == 2,
+        timeout=MODEL_MS,
+    ):
+        page.mouse.click(*point(page, ijk_out, axial.tile))
+    page.wait_for_function(JS_SETTLED, timeout=MODEL_MS)
+    no_page_errors(page)
+
+    # -- every request was answered; the real ones are those that asked something new
+    assert all(status == 200 for _, status in answered), [status for _, status in answered]
+    real = [
+        body
+        for n, (body, _) in enumerate(answered)
+        if n == 0 or prompted(body) != prompted(answered[n - 1][0])
+    ]
+    assert [len(b["clicks"]) for b in real] == [0, 0, 1, 2], real  # axial box, 3D box, two clicks
+    assert len(answered) > len(real), "no follow-up while slices arrived: the case was not fresh"
+
+    # -- save: the effort the page sends (and the versions keep) counts what the annotator did
+    page.click("#save")
+    wait_metrics(page, "m.saves.length >= 1 && !document.body.classList.contains('dirty')", SAVE_MS)
+    sent = [body["effort"] for body in saved]
+    assert sum(e["clicks"] for e in sent) == 4, sent  # two boxes (axial, coronal) and two clicks
+    assert sum(e["model_calls"] for e in sent) == len(real) == 4, sent
+    assert sum(e["strokes"] for e in sent) == 0, sent
+    versions = MaskVersion.objects.filter(case=case)
+    assert sum(v.clicks for v in versions) == 4 and sum(v.model_calls for v in versions) == 4
     assert not pages.page_errors, pages.page_errors
 
 
