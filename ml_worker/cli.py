@@ -53,6 +53,7 @@ COMMAND_MODULES = (
     "ml_worker.adaptation.train_cli",
     "ml_worker.experiments.simulate_al_cli",
     "ml_worker.experiments.bench_round",
+    "ml_worker.experiments.effort_cli",
 )
 
 
@@ -315,6 +316,13 @@ SAM_OR_NATIVE = {
         arg("--seed", type=int, default=0, help="seed of every run (default 0)"),
         arg("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)"),
         arg("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"),
+        arg(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="litemedsam: keep slice embeddings here across runs (interactive-eval's --cache-dir)",
+        ),
+        arg("--encoder", default="auto", help="litemedsam: image encoder runtime (default auto)"),
     ],
 )
 def peft_compare_command(args: argparse.Namespace) -> int:
@@ -417,8 +425,10 @@ def _sam_compare(args: argparse.Namespace, *, shots: tuple[int, ...], methods: t
     from ml_worker.adaptation.train_cli import _label_set
     from ml_worker.adaptation.train_sam import SamTrainConfig
     from ml_worker.experiments.compare import sam_compare
+    from ml_worker.inference.embeddings import EmbeddingCache
     from ml_worker.inference.eval import find_cases
     from ml_worker.models.checkpoints import CheckpointError
+    from ml_worker.models.encoders import EncoderUnavailable
 
     try:
         cases = find_cases(args.images, args.labels)
@@ -443,8 +453,10 @@ def _sam_compare(args: argparse.Namespace, *, shots: tuple[int, ...], methods: t
             test_limit=pick(args.test_limit, 0, 2),
             device=args.device,
             on_row=_compare_row_shown,
+            embeddings=EmbeddingCache(max_bytes=4 << 30, directory=args.cache_dir),
+            encoder=args.encoder,
         )
-    except (ValueError, FileNotFoundError, AdapterError, CheckpointError) as exc:
+    except (ValueError, FileNotFoundError, AdapterError, CheckpointError, EncoderUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return _compare_written(args.out, report)
