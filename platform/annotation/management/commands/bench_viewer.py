@@ -2,19 +2,30 @@
 prints JSON: first paint of a synthetic MR volume, and the model clicks of a volume whose embeddings are
 cached (time from the click to the mask in the viewer, p50/p95; bytes each click sends and receives).
 
+`--checkpoint FILE`: the bench project gets an active model version with those native 3D weights (made
+as a learning round's candidate is recorded, then promoted), so its boxes and clicks go to the native
+net as the platform routes them. `--train-beside`: the clicks are timed twice, alone and while a
+training runs beside them in a separate process (`python -m ml_worker train ... --threads 1` on the
+shared hippocampus cases, the training a learning round runs), stopped when the clicks end.
+
 It runs in a database of its own (created here and dropped at the end) and a temporary media folder,
 so it leaves nothing behind. Needs PostgreSQL, the configured Redis broker (no other worker should
 consume its queues meanwhile), the browser bundle (`cd frontend && npm run build`), /usr/bin/chromium
 and the playwright package. The model runs on CUDA where there is one, else on the CPU.
 
     python manage.py bench_viewer --clicks 10 --paint-runs 3 --shape 256 256 128
+    python manage.py bench_viewer --checkpoint var/train/native_clicks.pt --train-beside --clicks 10
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,8 +68,31 @@ class Command(BaseCommand):
         )
         parser.add_argument("--chromium", default="/usr/bin/chromium")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--checkpoint",
+            type=Path,
+            default=None,
+            help="native 3D weights: the bench project's active model version, which answers the clicks",
+        )
+        parser.add_argument(
+            "--train-beside",
+            action="store_true",
+            help="time the clicks also while a training runs beside them (a separate process, one thread)",
+        )
 
-    def handle(self, *args, clicks: int, paint_runs: int, shape, hippocampus, chromium, seed, **options):
+    def handle(
+        self,
+        *args,
+        clicks: int,
+        paint_runs: int,
+        shape,
+        hippocampus,
+        chromium,
+        seed,
+        checkpoint,
+        train_beside,
+        **options,
+    ):
         shared = Path(os.environ.get("ANNOTATOR_SHARED_DATA", settings.REPO_DIR.parent / "shared" / "data"))
         image = hippocampus or shared / "hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
         labels = image.parent.parent / "labelsTr" / image.name
@@ -73,6 +107,8 @@ class Command(BaseCommand):
                 raise CommandError(f"{path} is missing ({how}).")
         if clicks < 1 or paint_runs < 1:
             raise CommandError("--clicks and --paint-runs must be at least 1.")
+        if checkpoint is not None:
+            _checkpoint_check(checkpoint)
 
         database = connections.settings["default"]  # normalised: TEST holds every key
         database["TEST"]["NAME"] = f"bench_viewer_{os.getpid()}"
@@ -95,6 +131,8 @@ class Command(BaseCommand):
                     paint_runs=paint_runs,
                     chromium=chromium,
                     seed=seed,
+                    checkpoint=checkpoint,
+                    train_beside=train_beside,
                 )
             finally:
                 _disconnect_others()
@@ -113,8 +151,146 @@ def _disconnect_others() -> None:
         )
 
 
+def _checkpoint_check(checkpoint: Path) -> None:
+    """Refuse a file the native segmenter could not load, before anything starts."""
+    from ml_worker.inference.native import Native3DTask
+    from ml_worker.models.checkpoints import CheckpointError
+
+    if not checkpoint.is_file():
+        raise CommandError(f"{checkpoint} is missing (--checkpoint: a native 3D weights file).")
+    try:
+        Native3DTask.from_checkpoint(checkpoint, device="cpu")
+    except CheckpointError as exc:
+        raise CommandError(f"{checkpoint} cannot answer clicks: {exc}") from None
+
+
+def bench_model_activate(*, project, checkpoint: Path):
+    """The project's active native model version with `checkpoint`'s weights, through the learning
+    services as a round records and promotes its candidate: an adaptation job for it, its files in the
+    media store, the version recorded (gate: taken as given, not judged here) and promoted. The job's
+    message (queue train) and the re-scoring the promotion queues are purged before the bench's worker
+    starts: nothing trains or scores. Returns the version."""
+    from common.media import media_path
+    from learning.models import Job
+    from learning.services import job_create, model_promote, model_version_record
+    from ml_worker.adaptation.round import RoundResult
+    from ml_worker.models.checkpoints import file_sha256
+
+    job, _ = job_create(
+        project=project,
+        kind=Job.Kind.ADAPT,
+        params={"method": "full", "base_checkpoint": str(checkpoint), "trigger": "bench_viewer"},
+        user=None,
+    )
+    weights = media_path(f"models/project-{project.id}/job-{job.id}/{checkpoint.name}")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, weights)
+    result = RoundResult(
+        adapter=weights,
+        weights=weights,
+        base_sha256=file_sha256(checkpoint),
+        method="full",
+        history=[],
+        validation={},
+        active_validation=None,
+        promotable=True,
+        reason=f"bench_viewer --checkpoint {checkpoint.name}: taken as given, not judged here",
+    )
+    version = model_version_record(job=job, result=result, parent=None, base=checkpoint, snapshot=[])
+    return model_promote(version=version, user=None)
+
+
+class _TrainingBeside:
+    """A training in a process of its own, one thread, on the shared hippocampus cases (what a learning
+    round's training does to this machine), from when its first step is done until `stop`."""
+
+    def __init__(self, *, images: Path, labels: Path, folder: Path) -> None:
+        self.command = [
+            sys.executable,
+            "-m",
+            "ml_worker",
+            "train",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--test-fraction",
+            "0.2",
+            "--init-filters",
+            "8",
+            "--prompt-fraction",
+            "0.5",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "100000",
+            "--threads",
+            "1",
+            "--out",
+            str(folder / "beside.pt"),
+        ]
+        self.log = folder / "train-beside.log"
+        self.process: subprocess.Popen | None = None
+        self.began = 0.0
+        self.first_steps = 0
+
+    def steps(self) -> int:
+        """Steps done so far, from the trainer's progress bar."""
+        found = re.findall(r"(\d+)/\d+ \[", self.log.read_text(errors="replace"))
+        return int(found[-1]) if found else 0
+
+    def start(self, timeout: float = 600.0) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command, cwd=settings.REPO_DIR, env=env, stdout=subprocess.DEVNULL, stderr=log
+            )
+        deadline = time.monotonic() + timeout
+        while self.steps() < 1:
+            if self.process.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise CommandError(f"The training beside the clicks ended early:\n{tail}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise CommandError(f"The training beside the clicks made no step in {timeout:.0f} s.")
+            time.sleep(0.5)
+        self.began, self.first_steps = time.perf_counter(), self.steps()
+
+    def stop(self) -> dict:
+        """End the process; what it did while the clicks ran."""
+        if self.process is None:
+            return {}
+        steps, seconds = self.steps() - self.first_steps, time.perf_counter() - self.began
+        running = self.process.poll() is None
+        if running:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        return {
+            "how": "a separate process running `python -m ml_worker train` (one thread) on the shared "
+            "hippocampus cases for the whole timed click phase",
+            "command": " ".join(["python", *self.command[1:]]),
+            "steps_during_clicks": steps,
+            "seconds_per_step": round(seconds / steps, 2) if steps else None,
+            "was_running_at_the_end": running,
+        }
+
+
 def _bench(
-    *, image: Path, labels: Path, shape, clicks: int, paint_runs: int, chromium: str, seed: int
+    *,
+    image: Path,
+    labels: Path,
+    shape,
+    clicks: int,
+    paint_runs: int,
+    chromium: str,
+    seed: int,
+    checkpoint: Path | None = None,
+    train_beside: bool = False,
 ) -> dict:
     from celery.contrib.testing.worker import start_worker
     from django.contrib.staticfiles.handlers import StaticFilesHandler
@@ -161,19 +337,40 @@ def _bench(
             # Page loads first, before any worker runs: taking the synthetic case queues its embeddings
             # (minutes on a CPU), which are purged below rather than computed beside the clicks.
             out["first_paint"] = _first_paint(browser, base, user.username, cases[synthetic.id], paint_runs)
-            app.control.purge()
-            began = time.perf_counter()
-            volume_embeddings_compute(volume_id=clicked.id)
-            out["embeddings_seconds"] = round(time.perf_counter() - began, 1)
+            if checkpoint is not None:
+                version = bench_model_activate(project=project, checkpoint=checkpoint)
+                out["model"] = {
+                    "checkpoint": str(checkpoint),
+                    "sha256": version.weights_sha256,
+                    "version": version.number,
+                    "state": version.state,
+                }
+            app.control.purge()  # also what the activation queued (its round, the re-scoring)
+            queues = ["interactive", "cpu"]
+            if checkpoint is None:  # LiteMedSAM answers: its embeddings ahead, as for a case at the top
+                began = time.perf_counter()
+                volume_embeddings_compute(volume_id=clicked.id)
+                out["embeddings_seconds"] = round(time.perf_counter() - began, 1)
+                queues.append("gpu")
+            # else the native net answers: the LiteMedSAM embeddings that taking the case queues (queue
+            # gpu, minutes of a CPU core) are not served here, so only the clicks (and any training
+            # beside them) use the machine; they are purged at the end.
             with start_worker(
                 app,
-                queues=["interactive", "gpu", "cpu"],
+                queues=queues,
                 pool="threads",
                 concurrency=2,
                 perform_ping_check=False,
                 shutdown_timeout=120,
             ):
-                out["clicks"] = _clicks(browser, base, user.username, cases[clicked.id], truth, clicks, rng)
+                beside = None
+                if train_beside:
+                    beside = _TrainingBeside(
+                        images=image.parent, labels=labels.parent, folder=Path(settings.MEDIA_ROOT)
+                    )
+                out.update(
+                    _clicks(browser, base, user.username, cases[clicked.id], truth, clicks, rng, beside)
+                )
             browser.close()
     finally:
         server.terminate()
@@ -272,8 +469,11 @@ def _first_paint(browser, base: str, username: str, case, runs: int) -> dict:
     }
 
 
-def _clicks(browser, base: str, username: str, case, truth: np.ndarray, n: int, rng) -> dict:
-    """A 3D box (axial then coronal, untimed), then `n` positive clicks on voxels of the structure."""
+def _clicks(
+    browser, base: str, username: str, case, truth: np.ndarray, n: int, rng, beside: _TrainingBeside | None
+) -> dict:
+    """A 3D box (axial then coronal, untimed), then `n` positive clicks on voxels of the structure; with
+    a training `beside`, `n` more while it runs. Returns {"clicks": ..., "clicks_train_beside": ...}."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     _log_in(page, base, username)
@@ -319,31 +519,44 @@ def _clicks(browser, base: str, username: str, case, truth: np.ndarray, n: int, 
     page.keyboard.press("c")
     inside = np.argwhere(truth)
     inside = inside[(inside[:, 2] >= sent["lo"][2]) & (inside[:, 2] <= sent["hi"][2])]
-    wall_ms = []
-    for k in range(n):
-        ijk = inside[rng.integers(len(inside))]
-        x, y = point(ijk, axial_tile)
-        began = time.perf_counter()
-        page.mouse.click(x, y)
-        answered(3 + k)
-        wall_ms.append((time.perf_counter() - began) * 1000)
-    metrics = page.evaluate("() => window.annotator.metrics.modelCalls")[2:]
-    clicked = calls[2:]
-    mask = np.asarray(page.evaluate("() => Array.from(window.annotator.page.viewer.nativeMask())"), np.uint8)
-    mask = mask.reshape(truth.shape, order="F") == 1
-    result = {
-        "shape": list(case.volume.shape),
-        "n": n,
-        # from the click's request to the mask in the viewer's drawing, as the page measures it
-        "click_to_mask_ms": _stats([m["ms"] for m in metrics]),
-        # from the mouse click here to the page reporting the mask (adds the browser's event round trip)
-        "click_to_mask_wall_ms": _stats(wall_ms),
-        "bytes_sent": _stats([m["bytesSent"] for m in metrics]),
-        "bytes_received": _stats([r.sizes()["responseBodySize"] for r in clicked]),
-        "dice_after_clicks": round(
-            2 * float((mask & truth).sum()) / max(int(mask.sum() + truth.sum()), 1), 3
-        ),
-    }
+
+    def timed(first: int) -> dict:
+        wall_ms = []
+        for k in range(n):
+            ijk = inside[rng.integers(len(inside))]
+            x, y = point(ijk, axial_tile)
+            began = time.perf_counter()
+            page.mouse.click(x, y)
+            answered(first + k + 1)
+            wall_ms.append((time.perf_counter() - began) * 1000)
+        metrics = page.evaluate("() => window.annotator.metrics.modelCalls")[first : first + n]
+        clicked = calls[first : first + n]
+        mask = np.asarray(
+            page.evaluate("() => Array.from(window.annotator.page.viewer.nativeMask())"), np.uint8
+        )
+        mask = mask.reshape(truth.shape, order="F") == 1
+        return {
+            "shape": list(case.volume.shape),
+            "n": n,
+            "answered_by": sorted({r.response().json().get("model", "?") for r in clicked}),
+            # from the click's request to the mask in the viewer's drawing, as the page measures it
+            "click_to_mask_ms": _stats([m["ms"] for m in metrics]),
+            # from the mouse click here to the page reporting the mask (adds the browser's event round trip)
+            "click_to_mask_wall_ms": _stats(wall_ms),
+            "bytes_sent": _stats([m["bytesSent"] for m in metrics]),
+            "bytes_received": _stats([r.sizes()["responseBodySize"] for r in clicked]),
+            "dice_after_clicks": round(
+                2 * float((mask & truth).sum()) / max(int(mask.sum() + truth.sum()), 1), 3
+            ),
+        }
+
+    result = {"clicks": timed(2)}
+    if beside is not None:
+        beside.start()
+        try:
+            result["clicks_train_beside"] = timed(2 + n)
+        finally:
+            result["train_beside"] = beside.stop()
     context.close()
     return result
 
