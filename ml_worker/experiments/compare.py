@@ -29,7 +29,9 @@ import numpy as np
 from ml_worker.adaptation.peft import count_trainable, get_method
 from ml_worker.adaptation.train import TrainCase, TrainConfig, Trainer, case_means
 from ml_worker.adaptation.train_sam import SamTrainConfig, SamTrainer
+from ml_worker.inference.embeddings import EmbeddingCache
 from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, file_sha256, load_litemedsam
+from ml_worker.models.encoders import build_encoder
 from ml_worker.models.native3d import Native3DConfig, load_native3d, save_native3d
 
 __all__ = ["CompareConfig", "default_model", "partition", "peft_compare", "sam_compare"]
@@ -263,11 +265,19 @@ def sam_compare(
     device: str | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     progress_factory: Callable[[str], Callable[[int, int, float], None] | None] | None = None,
+    embeddings: EmbeddingCache | None = None,
+    encoder: str = "auto",
 ) -> dict[str, Any]:
     """The same comparison for LiteMedSAM (:mod:`ml_worker.adaptation.train_sam`): every method x shots
     adapts the base LiteMedSAM weights (the bundled ones, or `base`) on the first `shots` pool cases and
-    is scored by box-prompted Dice (one exact box per slice) on the fixed test part; the base itself is
+    is scored on the fixed test part by box-prompted Dice (one exact box per slice, ``dice``) and as an
+    annotator gets it (``box3d``: Dice after a jittered 3D box with slice propagation, and ``curve``:
+    after the box and each of 5 corrective clicks, the learning round's protocol); the base itself is
     the row ``"base"``. There is no base training: the base is the pretrained foundation model.
+
+    Methods that leave the image encoder frozen share one set of slice embeddings (`embeddings`, encoded
+    once per volume by the `encoder` runtime; give it a folder to keep them across runs, e.g. the one
+    ``interactive-eval --cache-dir`` fills); the others encode with their adapted encoder every step.
 
     Raises:
         ValueError: unknown methods, more shots than the pool holds.
@@ -287,6 +297,8 @@ def sam_compare(
     progress = progress_factory or (lambda name: None)
     model = load_litemedsam(path=base) if base is not None else load_litemedsam()
     base_sha = file_sha256(base) if base is not None else LITEMEDSAM_SHA256
+    cache = embeddings if embeddings is not None else EmbeddingCache(max_bytes=4 << 30)
+    runtime = build_encoder(copy.deepcopy(model), encoder, weights_id=base_sha)
 
     def trainer(method: str, name: str) -> SamTrainer:
         return SamTrainer(
@@ -296,16 +308,29 @@ def sam_compare(
             device=device,
             progress=progress(name),
             base_sha256=base_sha,
+            embeddings=cache,
+            encoder=runtime,
         )
 
+    def in_3d(row: dict[str, Any], scored: SamTrainer) -> dict[str, Any]:
+        boxed, curves = scored.interactive(test, n_clicks=5, seed=train.seed)
+        row["box3d"] = _mean_per_class(boxed)
+        row["box3d_mean"] = float(np.mean(list(case_means(boxed).values())))
+        row["curve"] = [round(float(v), 4) for v in np.mean(list(curves.values()), axis=0)]
+        return row
+
+    scorer = trainer("decoder", "base")
     rows = [
-        _row(
-            "base",
-            0,
-            trainer("decoder", "base").evaluate(test),
-            trainable_params=0,
-            adapter_bytes=0,
-            train_seconds=0.0,
+        in_3d(
+            _row(
+                "base",
+                0,
+                scorer.evaluate(test),
+                trainable_params=0,
+                adapter_bytes=0,
+                train_seconds=0.0,
+            ),
+            scorer,
         )
     ]
     if on_row:
@@ -314,7 +339,8 @@ def sam_compare(
         for k in shots:
             chosen = [by_id[c] for c in parts["pool"][:k]]
             path = out / "adapters" / f"litemedsam_{method}_{k}.adapter"
-            rows.append(_adapted_row(trainer(method, f"{method}/{k}"), method, k, chosen, test, path))
+            adapted = trainer(method, f"{method}/{k}")
+            rows.append(in_3d(_adapted_row(adapted, method, k, chosen, test, path), adapted))
             if on_row:
                 on_row(rows[-1])
     return {
@@ -325,7 +351,9 @@ def sam_compare(
             "adapt": train.to_dict(),
             "test_fraction": test_fraction,
             "test_cases": len(test),
-            "metric": "box-prompted Dice: one exact box per slice of the truth",
+            "metric": "dice: one exact box per slice of the truth; box3d: a jittered 3D box, slice "
+            "propagation; curve: box3d then 5 corrective clicks (mean over classes and cases)",
+            "encoder": runtime.name,
         },
         "parts": {"test": [c.case_id for c in test], "pool": parts["pool"]},
         "base": {"path": str(base) if base is not None else "bundled LiteMedSAM", "sha256": base_sha},

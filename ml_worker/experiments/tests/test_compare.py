@@ -85,13 +85,19 @@ def test_litemedsam_cli_run_adapts_the_bundled_model_and_scores_box_prompts(tmp_
     argv = ["peft-compare", "--model", "litemedsam", "--images", str(data / "images")]
     argv += ["--labels", str(data / "labels"), "--shots", "1", "--methods", "decoder,layernorm"]
     argv += ["--out", str(out), "--quick", "--test-limit", "1", "--threads", "1"]
+    argv += ["--cache-dir", str(tmp_path / "embeddings")]
     assert main(argv) == 0
+    # the frozen encoder's embeddings: one file per volume scored or trained on, shared by the rows
+    assert len(list((tmp_path / "embeddings").glob("*.npy"))) == 2
 
     report = json.loads((out / "peft_compare.json").read_text())
     rows = report["rows"]
     assert [(r["method"], r["shots"]) for r in rows] == [("base", 0), ("decoder", 1), ("layernorm", 1)]
     assert report["base"]["sha256"] == LITEMEDSAM_SHA256 and report["settings"]["adapt"]["steps"] == 2
     assert rows[0]["dice_mean"] > 0.5  # bright discs in exact boxes: the foundation model finds them
+    for row in rows:  # as an annotator gets it: a 3D box, then 5 corrective clicks
+        assert set(row["box3d"]) == {"1", "2"} and len(row["curve"]) == 6
+        assert row["curve"][0] == pytest.approx(row["box3d_mean"], abs=1e-3)
     for row in rows[1:]:
         assert set(row["dice"]) == {"1", "2"} and 0.0 <= row["dice_mean"] <= 1.0
         path = out / "adapters" / f"litemedsam_{row['method']}_1.adapter"
