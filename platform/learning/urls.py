@@ -9,6 +9,7 @@ urlpatterns = [
     path("", views.dashboard, name="learning-dashboard"),
     path("curve.png", views.curve_png, name="learning-curve"),
     path("effort.png", views.effort_png, name="learning-effort"),
+    path("effort-simulated.png", views.effort_simulated_png, name="learning-effort-simulated"),
     path("retrain/", views.adaptation_start, name="learning-retrain"),
     path("intake/", views.intake_rule_set, name="learning-intake"),
     path("versions/<int:version_id>/promote/", views.version_promote, name="learning-version-promote"),

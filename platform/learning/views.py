@@ -21,7 +21,7 @@ from annotation.selectors import project_get
 from annotation.services import project_intake_rule_set
 from common.exceptions import ApplicationError
 from common.views import permission_required
-from learning import plots, selectors, services
+from learning import effort, plots, selectors, services
 from learning.models import Job
 
 PERMISSION = "learning.manage_models"
@@ -57,6 +57,7 @@ def dashboard(request, project_id: int):
             "broker": selectors.broker_status(),
             "effort_weeks": selectors.effort_by_week(approved, activations),
             "effort_models": selectors.effort_by_model(approved, project=project),
+            **_effort_in_simulation_units(approved),
             "reader_agreement": reader_agreement(project=project),
             "page_data": {
                 "jobsUrl": reverse("api-project-jobs", args=[project.id]),
@@ -65,6 +66,25 @@ def dashboard(request, project_id: int):
             },
         },
     )
+
+
+def _effort_in_simulation_units(approved: list[selectors.ApprovedCase]) -> dict:
+    """The estimated annotator minutes per case (ml_worker.effort's costs) and, with a simulation
+    results file set, each simulated setting's mean over as many cases as this project has approved."""
+    estimated = [effort.case_estimated_seconds(c) / 60 for c in approved]
+    simulated = effort.simulated_effort()
+    n = len(approved)
+    return {
+        "effort_costs": effort.costs_shown(),
+        "estimated_minutes": sum(estimated) / n if n else None,
+        "real_clicks": sum(c.clicks for c in approved) / n if n else None,
+        "real_strokes": sum(c.strokes for c in approved) / n if n else None,
+        "simulated": simulated,
+        "simulated_rows": [
+            (curve, curve.mean_of_first(min(n, len(curve.mean))) if n else None, min(n, len(curve.mean)))
+            for curve in (simulated.curves if simulated else ())
+        ],
+    }
 
 
 def _png(data: bytes) -> HttpResponse:
@@ -88,6 +108,16 @@ def effort_png(request, project_id: int):
             selectors.approved_case_effort(project=project), selectors.model_activations(project=project)
         )
     )
+
+
+@permission_required(PERMISSION)
+@require_GET
+def effort_simulated_png(request, project_id: int):
+    project = _project(project_id)
+    simulated = effort.simulated_effort()
+    if simulated is None:
+        raise Http404("no simulation results are set (EFFORT_SIMULATION_RESULTS)")
+    return _png(effort.comparison_png(selectors.approved_case_effort(project=project), simulated))
 
 
 def _act(request, project: Project, action: Callable[[], str]):

@@ -103,6 +103,9 @@ EMBEDDINGS_CLAIM_STALE_SECONDS = float(os.environ.get("EMBEDDINGS_CLAIM_STALE_SE
 # LiteMedSAM's image encoder runtime in the workers: auto (the fastest this CPU runs), or one of
 # openvino-bf16, onnxruntime, openvino-f32, torch-bf16, torch-f32 (see ml_worker.models.encoders).
 INTERACTIVE_ENCODER = os.environ.get("INTERACTIVE_ENCODER", "auto")
+# A results.json of `python -m ml_worker effort-simulate` whose curves the Learning dashboard draws beside
+# the real effort per case (same units: ml_worker.effort); empty: none.
+EFFORT_SIMULATION_RESULTS = os.environ.get("EFFORT_SIMULATION_RESULTS", "")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
