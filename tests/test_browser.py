@@ -496,6 +496,11 @@ def late_gpu_worker(settings) -> Iterator[Callable[[], None]]:
             assert replies and all("ok" in r for reply in replies for r in reply.values()), replies
 
         yield gpu_joins
+        # The embeddings task goes on with the rest of the volume after the test's slab, and the worker's
+        # stop does not wait for it: let it end here, or it outlives the test (its DB session then
+        # blocks the test database's teardown, and it writes into a media folder that is gone).
+        inspect = app.control.inspect(destination=[worker.hostname], timeout=10)
+        until("the worker's tasks to end", lambda: (inspect.active() or {}).get(worker.hostname) == [], 600)
 
 
 # Every text #model-readiness showed (and "" when hidden), in order, from the page's start.
@@ -599,11 +604,11 @@ def test_a_first_box_on_a_fresh_case_answers_and_effort_counts_real_actions(
     assert [r for r, _ in counts] == sorted(r for r, _ in counts), f"readiness went back: {seen}"
     pages.shot(page, "ready")
 
-    # -- a negative click outside the structure, within the box, now that every slice is in
-    outside = np.argwhere(~np.take(target, s, axis=axial.normal))
-    box_lo, box_hi = np.delete(lo, axial.normal), np.delete(hi, axial.normal)
-    near = outside[((outside >= box_lo) & (outside <= box_hi)).all(axis=1)]
-    ijk_out = np.insert(near[0], axial.normal, s)
+    # -- now that every slice is in, a negative click on a voxel of the mask (outside the structure where
+    # the mask has any such voxel): the answer takes it out, so the mask changes and is saved
+    in_mask = np.take(grown, s, axis=axial.normal)
+    wrong = np.argwhere(in_mask & ~np.take(target, s, axis=axial.normal))
+    ijk_out = np.insert((wrong if len(wrong) else np.argwhere(in_mask))[0], axial.normal, s)
     page.keyboard.press("v")
     with page.expect_response(
         lambda r: r.url.endswith("/interactive/") and len(r.request.post_data_json["clicks"]) == 2,
@@ -612,6 +617,7 @@ def test_a_first_box_on_a_fresh_case_answers_and_effort_counts_real_actions(
         page.mouse.click(*point(page, ijk_out, axial.tile))
     page.wait_for_function(JS_SETTLED, timeout=MODEL_MS)
     no_page_errors(page)
+    assert native_mask(page, shape)[tuple(ijk_out)] != ANTERIOR, "the negative click was ignored"
 
     # -- every request was answered; the real ones are those that asked something new
     assert all(status == 200 for _, status in answered), [status for _, status in answered]
