@@ -12,6 +12,11 @@ that slice is decoded and the answer goes back with how many slices of the struc
 the embeddings task (:meth:`InteractiveSegmenter.embed`, queue ``gpu``) encodes the rest of the slab
 outward from that slice, and the same request sent again (the page polls) grows the mask over the
 slices that have arrived. Volumes at the top of the worklist are encoded whole ahead of time.
+
+A project's adapted LiteMedSAM (a learning round's version: the bundled model with its mask decoder
+adapted, :func:`~ml_worker.adaptation.round.sam_adaptation_round`) answers over the same embeddings: its
+image encoder is the bundled one, so only its decoder is loaded (by the sha256 of its weights file, a few
+kept warm).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ml_worker.inference.slice_store import Focus, Readiness, SliceStore, iter_p
 from ml_worker.io.volume import load_volume
 from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, load_litemedsam, select_device
 from ml_worker.models.encoders import build_encoder
+from ml_worker.models.litemedsam import LiteMedSAM
 
 MODEL_ID = f"litemedsam/{LITEMEDSAM_SHA256[:16]}"
 
@@ -98,10 +104,12 @@ class InteractiveSegmenter:
         self.propagation = propagation or PropagationConfig()
         self.max_sessions = max_sessions
         self.volumes_kept = volumes_kept
-        # (volume sha, label) -> (session, box, clicks it has seen)
-        self._sessions: OrderedDict[tuple[str, int], tuple[LiteMedSAM3D, Box3D, tuple[Click, ...]]] = (
+        # (weights sha, volume sha, label) -> (session, box, clicks it has seen)
+        self._sessions: OrderedDict[tuple[str, str, int], tuple[LiteMedSAM3D, Box3D, tuple[Click, ...]]] = (
             OrderedDict()
         )
+        self._versions: OrderedDict[str, LiteMedSAM] = OrderedDict()  # adapted versions by weights sha
+        self.versions_kept = 2
         self._volumes: OrderedDict[str, np.ndarray] = OrderedDict()  # sha -> normalised volume
         self._lock = threading.Lock()  # one model call at a time per process: the model is not re-entrant
 
@@ -123,6 +131,24 @@ class InteractiveSegmenter:
         while len(self._volumes) > self.volumes_kept:
             self._volumes.popitem(last=False)
         return volume
+
+    def decoder(self, weights: Path | None, weights_sha256: str | None) -> LiteMedSAM:
+        """The model whose prompt encoder and mask decoder answer: the bundled one without `weights`,
+        else an adapted version's (loaded once, its sha256 checked).
+
+        Raises:
+            CheckpointError: the weights file is missing, corrupt, another sha256 or not LiteMedSAM.
+        """
+        if weights is None:
+            return self.model
+        key = str(weights_sha256)
+        model = self._versions.pop(key, None)
+        if model is None:
+            model = load_litemedsam(path=Path(weights), expected_sha256=weights_sha256, device=self.device)
+        self._versions[key] = model
+        while len(self._versions) > self.versions_kept:
+            self._versions.popitem(last=False)
+        return model
 
     def _encode(self, store: SliceStore, volume: np.ndarray, k: int) -> None:
         with self._lock:
@@ -163,17 +189,23 @@ class InteractiveSegmenter:
         label: int,
         box: Box3D,
         clicks: tuple[Click, ...],
+        weights: Path | None = None,
+        weights_sha256: str | None = None,
     ) -> Answer:
         """The mask of structure `label` after `box` and `clicks` (all the clicks given so far), over
         the slices encoded so far. The slices the box (its middle) and the clicks are on are encoded
-        first when they are not yet; the slab's other slices are left to :meth:`embed`.
+        first when they are not yet; the slab's other slices are left to :meth:`embed`. `weights`: an
+        adapted version's weights file (with its sha256) answers instead of the bundled model.
 
         Raises:
             PromptError: a prompt for another label, or outside the volume.
+            CheckpointError: the version's weights cannot be loaded.
         """
         if box.label != label or any(c.label != label for c in clicks):
             raise PromptError(f"every prompt of a request must be for label {label}")
         began = time.perf_counter()
+        with self._lock:
+            model = self.decoder(weights, weights_sha256)  # a bad file fails before any encoding
         shape = tuple(int(v) for v in shape)
         lo, hi = int(box.lo[self.axis]), int(box.hi[self.axis])
         stored = self.cache.get(self.key(volume_sha256))
@@ -195,7 +227,7 @@ class InteractiveSegmenter:
             else:
                 stored = store.array()
         with self._lock:
-            key = (volume_sha256, label)
+            key = (str(weights_sha256 or LITEMEDSAM_SHA256), volume_sha256, label)
             live = self._sessions.pop(key, None)
             if live is not None and live[1] == box and clicks[: len(live[2])] == live[2]:
                 session, new_clicks, incremental = live[0], clicks[len(live[2]) :], True
@@ -203,7 +235,7 @@ class InteractiveSegmenter:
                 mask = session.resume()
             else:
                 embeddings = VolumeEmbeddings(stored, shape, self.axis, store=store)
-                session = LiteMedSAM3D(self.model, embeddings, label=label, config=self.propagation)
+                session = LiteMedSAM3D(model, embeddings, label=label, config=self.propagation)
                 mask, new_clicks, incremental, decoded = session.start(box), clicks, False, 0
             for click in new_clicks:
                 mask = session.click(click)

@@ -753,12 +753,14 @@ def interactive_segment(*, volume_id: int, request: dict, route: dict | None = N
     structure's slab are encoded, and whether the mask will still grow), or ``{"error": message}`` for
     prompts the model cannot take: never an exception, so the web process can say what happened.
 
-    `route` (``learning.selectors.InteractiveRoute.as_message``) names the project's adapted native
-    model that answers instead of LiteMedSAM; None: LiteMedSAM."""
+    `route` (``learning.selectors.InteractiveRoute.as_message``) names the project's adapted model
+    that answers instead of the bundled LiteMedSAM: its native net, or a LiteMedSAM version (over the
+    same embeddings); None: the bundled LiteMedSAM."""
     from ml_worker.inference.interactive import MODEL_ID
+    from ml_worker.models.checkpoints import CheckpointError
 
     volume = Volume.objects.get(pk=volume_id)
-    if route is not None:
+    if route is not None and route["model"] == "native3d":
         return _native_segment(volume, request, route)
     try:
         label, box, clicks = prompts_from_json(request, shape=tuple(volume.shape))
@@ -769,14 +771,20 @@ def interactive_segment(*, volume_id: int, request: dict, route: dict | None = N
             label=label,
             box=box,
             clicks=clicks,
+            weights=None if route is None else media_path(route["weights"]),
+            weights_sha256=None if route is None else route["sha256"],
         )
     except PromptError as exc:
         return {"error": str(exc)}
+    except CheckpointError as exc:  # an adapted LiteMedSAM version (route) whose file is gone or damaged
+        logger.error("model version %s cannot be loaded: %s", route["version_id"], exc)
+        return {"error": f"The project's LiteMedSAM (version {route['number']}) cannot be loaded: {exc}"}
     return {
         "answer": interactive.answer_write(answer.mask),
         "seconds": round(answer.seconds, 4),
         "incremental": answer.incremental,
-        "model": MODEL_ID,
+        "model": MODEL_ID if route is None else f"litemedsam/{route['sha256'][:16]}",
+        "model_version": None if route is None else route["number"],
         "slices_ready": answer.ready.ready,
         "slices_total": answer.ready.total,
         "pending": answer.pending,

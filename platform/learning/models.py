@@ -82,6 +82,7 @@ class Job(models.Model):
 
     class Kind(models.TextChoices):
         ADAPT = "adapt", "adaptation round"
+        ADAPT_SAM = "adapt_sam", "LiteMedSAM adaptation round"
         SCORE = "score", "pre-segment and score the pool"
 
     class State(models.TextChoices):
@@ -94,7 +95,7 @@ class Job(models.Model):
     UNFINISHED = (State.QUEUED, State.RUNNING)
 
     project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="jobs")
-    kind = models.CharField(max_length=8, choices=Kind.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
     state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
     params = models.JSONField(default=dict)
     result = models.JSONField(default=dict)
@@ -139,14 +140,21 @@ class Job(models.Model):
 class ModelVersion(models.Model):
     """One model of a project: a frozen base checkpoint plus an adapter, and the merged weights the
     workers serve. Files are written before the row exists, so a row never points at a half-written
-    file. At most one version per project is active (the DB enforces it)."""
+    file. A project has two lineages, one per network: the native 3D net (pre-segmentation, scoring,
+    boxes and clicks) and LiteMedSAM (boxes and clicks only); at most one version of each is active
+    (the DB enforces it)."""
 
     class State(models.TextChoices):
         CANDIDATE = "candidate", "candidate"
         ACTIVE = "active", "active"
         RETIRED = "retired", "retired"
 
+    class Model(models.TextChoices):
+        NATIVE3D = "native3d", "native 3D net"
+        LITEMEDSAM = "litemedsam", "LiteMedSAM"
+
     project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="model_versions")
+    model = models.CharField(max_length=16, choices=Model.choices, default=Model.NATIVE3D)
     number = models.PositiveIntegerField()
     state = models.CharField(max_length=10, choices=State.choices, default=State.CANDIDATE)
     parent = models.ForeignKey(
@@ -176,7 +184,7 @@ class ModelVersion(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["project", "number"], name="model_version_number_unique"),
             models.UniqueConstraint(
-                fields=["project"], condition=Q(state="active"), name="model_version_one_active"
+                fields=["project", "model"], condition=Q(state="active"), name="model_version_one_active"
             ),
         ]
 
@@ -186,4 +194,4 @@ class ModelVersion(models.Model):
     @property
     def label(self) -> str:
         """What pre-segmentations and scores record as their model (MaskVersion.model_version)."""
-        return f"native3d:p{self.project_id}v{self.number}"
+        return f"{self.model}:p{self.project_id}v{self.number}"

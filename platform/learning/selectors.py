@@ -100,7 +100,9 @@ def adaptation_plan(*, project: Project, method: str = "", base_checkpoint: str 
         get_method("native3d", requested)
     except (KeyError, ValueError) as exc:
         raise ApplicationError(str(exc).strip("'\"")) from None
-    active = ModelVersion.objects.filter(project=project, state=ModelVersion.State.ACTIVE).first()
+    active = ModelVersion.objects.filter(
+        project=project, model=ModelVersion.Model.NATIVE3D, state=ModelVersion.State.ACTIVE
+    ).first()
     approved = (
         Review.objects.filter(
             case__project=project, case__status=Case.Status.APPROVED, decision=Review.Decision.APPROVE
@@ -190,9 +192,12 @@ class CurvePoint:
 
 
 def learning_curve(*, project: Project) -> list[CurvePoint]:
-    """Validation Dice against approved masks learned from, one point per validated version."""
+    """Validation Dice against approved masks learned from, one point per validated version of the
+    native net (a LiteMedSAM version's Dice is after a box: another measure, not on this curve)."""
     rows = (
-        ModelVersion.objects.filter(project=project, validation_dice__isnull=False)
+        ModelVersion.objects.filter(
+            project=project, model=ModelVersion.Model.NATIVE3D, validation_dice__isnull=False
+        )
         .order_by("number")
         .values_list("number", "snapshot", "validation_dice", "state")
     )
@@ -433,7 +438,7 @@ def approved_count(*, project: Project) -> int:
 class InteractiveRoute:
     """Which model answers a project's boxes and clicks: plain values a Celery message can carry."""
 
-    model: str  # "native3d" (a project's adapted net); no route means LiteMedSAM
+    model: str  # "native3d" or "litemedsam" (an adapted version); no route: the bundled LiteMedSAM
     version_id: int
     number: int
     weights: str  # relative to MEDIA_ROOT
@@ -451,19 +456,44 @@ class InteractiveRoute:
         }
 
 
+def _mean_curve(curve) -> float | None:
+    values = [float(v) for v in curve or ()]
+    return sum(values) / len(values) if values else None
+
+
+def _litemedsam_does_better(sam: ModelVersion, native: ModelVersion) -> bool:
+    """Whether LiteMedSAM version `sam` did better than native version `native` on the interactive curve
+    (mean Dice over the box and the corrective clicks) of the same validation cases and prompts: the
+    LiteMedSAM round scores the active native net beside its candidate. Measured against another native
+    version (one promoted since), or not at all: no, the native net answers (it edits the mask)."""
+    interactive = (sam.gate or {}).get("interactive") or {}
+    rival = interactive.get("rival") or {}
+    if rival.get("model") != ModelVersion.Model.NATIVE3D or rival.get("number") != native.number:
+        return False
+    ours, theirs = _mean_curve(interactive.get("candidate")), _mean_curve(rival.get("curve"))
+    return ours is not None and theirs is not None and ours > theirs
+
+
 def interactive_route(*, project: Project) -> InteractiveRoute | None:
-    """The project's best interactive model: its active version once there is one (trained with clicks
-    placed on its own errors, it edits the annotator's mask), else None: LiteMedSAM answers. Read at
-    every request, so a promotion or a rollback takes effect at the next click."""
-    version = (
-        ModelVersion.objects.filter(project=project, state=ModelVersion.State.ACTIVE)
-        .exclude(weights_path="")
-        .first()
-    )
+    """The project's best interactive model, read at every request (a promotion or a rollback takes
+    effect at the next click): its active LiteMedSAM version where that did better than the active
+    native net on the interactive curve of the same validation cases (or where there is no native net),
+    else the active native version (trained with clicks placed on its own errors, it edits the
+    annotator's mask); None without either: the bundled LiteMedSAM answers."""
+    active = {
+        v.model: v
+        for v in ModelVersion.objects.filter(project=project, state=ModelVersion.State.ACTIVE).exclude(
+            weights_path=""
+        )
+    }
+    native, sam = active.get(ModelVersion.Model.NATIVE3D), active.get(ModelVersion.Model.LITEMEDSAM)
+    version = native
+    if sam is not None and (native is None or _litemedsam_does_better(sam, native)):
+        version = sam
     if version is None:
         return None
     return InteractiveRoute(
-        model="native3d",
+        model=version.model,
         version_id=version.id,
         number=version.number,
         weights=version.weights_path,

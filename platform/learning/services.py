@@ -74,7 +74,11 @@ def policy_get(project: Project) -> LearningPolicy:
 def job_dispatch(job_id: int) -> None:
     """Send a job's message (its id only) to its queue; marks when, so a lost message is noticed."""
     job = Job.objects.get(pk=job_id)
-    send = {Job.Kind.ADAPT: dispatch.adaptation_run, Job.Kind.SCORE: dispatch.pool_score}[job.kind]
+    send = {
+        Job.Kind.ADAPT: dispatch.adaptation_run,
+        Job.Kind.ADAPT_SAM: dispatch.adaptation_run,  # the same task (queue train): it reads the kind
+        Job.Kind.SCORE: dispatch.pool_score,
+    }[job.kind]
     send(job.id)
     Job.objects.filter(pk=job.id, state=Job.State.QUEUED).update(dispatched_at=timezone.now())
 
@@ -262,14 +266,15 @@ def jobs_recover() -> dict:
 # ---- model registry -------------------------------------------------------------------------------
 
 
-def active_version(project: Project) -> ModelVersion | None:
-    return ModelVersion.objects.filter(project=project, state=ModelVersion.State.ACTIVE).first()
+def active_version(project: Project, model: str = ModelVersion.Model.NATIVE3D) -> ModelVersion | None:
+    """The project's active version of `model` (the native net pre-segments and scores by default)."""
+    return ModelVersion.objects.filter(project=project, model=model, state=ModelVersion.State.ACTIVE).first()
 
 
 def _activate(version: ModelVersion, *, user: User | None, action: str) -> ModelVersion:
     LearningPolicy.objects.select_for_update().get_or_create(project=version.project)  # serialise per project
     version = ModelVersion.objects.select_for_update().get(pk=version.pk)
-    previous = active_version(version.project)
+    previous = active_version(version.project, version.model)
     if previous is not None:
         if previous.pk == version.pk:
             raise ApplicationError(f"Model v{version.number} is the active model already.")
@@ -281,7 +286,8 @@ def _activate(version: ModelVersion, *, user: User | None, action: str) -> Model
         actor=user, action=action, obj=version, previous=None if previous is None else previous.number
     )
     project, by = version.project, user
-    transaction.on_commit(lambda: pool_score_start(project=project, user=by))
+    if version.model == ModelVersion.Model.NATIVE3D:  # LiteMedSAM neither pre-segments nor scores
+        transaction.on_commit(lambda: pool_score_start(project=project, user=by))
     return version
 
 
@@ -318,8 +324,18 @@ def _file(path: Path) -> tuple[str, str]:
 
 
 @transaction.atomic
-def model_version_record(*, job: Job, result, parent: ModelVersion | None, base: Path, snapshot: list[int]):
-    """The row of a round's model, once its files exist; the same job never records two."""
+def model_version_record(
+    *,
+    job: Job,
+    result,
+    parent: ModelVersion | None,
+    base: Path,
+    snapshot: list[int],
+    parent_rival: ModelVersion | None = None,
+):
+    """The row of a round's model, once its files exist; the same job never records two. `parent_rival`:
+    the other network's active version the round scored on the same prompts (``result.extra["rival"]``),
+    which routing compares against."""
     existing = ModelVersion.objects.filter(job=job).first()
     if existing is not None:
         return existing
@@ -340,8 +356,17 @@ def model_version_record(*, job: Job, result, parent: ModelVersion | None, base:
         )
     if result.interactive:
         gate["interactive"] = result.interactive_summary  # mean Dice after the box and each click
+    model = result.extra.get("model", ModelVersion.Model.NATIVE3D)
+    rival = result.extra.get("rival")  # the other network's curve on the same prompts
+    if rival is not None and parent_rival is not None and "interactive" in gate:
+        gate["interactive"]["rival"] = {
+            "model": parent_rival.model,
+            "number": parent_rival.number,
+            "curve": rival,
+        }
     version = ModelVersion.objects.create(
         project=job.project,
+        model=model,
         number=number,
         parent=parent,
         job=job,
@@ -487,10 +512,12 @@ def _base_for(project: Project, job: Job, policy: LearningPolicy, active: ModelV
 def adaptation_run(*, job_id: int) -> ModelVersion | None:
     """Worker side of an adaptation round (see ml_worker.adaptation.round): train, judge on the locked
     validation split, record the candidate, promote it when the gate says so and the project does not
-    ask for manual promotion."""
+    ask for manual promotion. A LiteMedSAM round (its own job kind) goes to sam_adaptation_run."""
     from ml_worker.adaptation.round import GateOptions, adaptation_round
     from ml_worker.adaptation.train import TrainConfig
 
+    if Job.objects.filter(pk=job_id, kind=Job.Kind.ADAPT_SAM).exists():
+        return sam_adaptation_run(job_id=job_id)
     with job_running(job_id, Job.Kind.ADAPT) as run:
         if run is None:
             return ModelVersion.objects.filter(job_id=job_id).first()
@@ -550,23 +577,110 @@ def adaptation_run(*, job_id: int) -> ModelVersion | None:
             base=base,
             snapshot=sorted(v.id for v in approved.values()),
         )
-        outcome = "candidate"
-        if result.promotable and not policy.manual_promotion:
-            model_promote(version=version, user=None)
-            outcome = "promoted"
-        elif result.promotable:
-            outcome = "candidate (waits for an admin to promote it)"
-        _finish(
-            job,
-            Job.State.SUCCEEDED,
-            result={
-                "model_version": version.number,
-                "outcome": outcome,
-                "validation_dice": version.validation_dice,
-            },
-            line=f"model v{version.number}: {outcome}",
+        return _finish_round(job, version, result, policy)
+
+
+def sam_adaptation_start(*, project: Project, user: User | None, trigger: str = "admin") -> tuple[Job, bool]:
+    """Queue a LiteMedSAM adaptation round (queue train): its mask decoder adapted on the approved train
+    cases, judged against the LiteMedSAM that answers the project now; joins the one queued or running."""
+    from ml_worker.adaptation.round import SAM_METHODS
+
+    params = {
+        "model": ModelVersion.Model.LITEMEDSAM,
+        "method": SAM_METHODS[0],
+        "approved": len(approved_versions(project)),
+        "trigger": trigger,
+    }
+    return job_create(project=project, kind=Job.Kind.ADAPT_SAM, params=params, user=user)
+
+
+def _finish_round(job: Job, version: ModelVersion, result, policy: LearningPolicy) -> ModelVersion:
+    outcome = "candidate"
+    if result.promotable and not policy.manual_promotion:
+        model_promote(version=version, user=None)
+        outcome = "promoted"
+    elif result.promotable:
+        outcome = "candidate (waits for an admin to promote it)"
+    _finish(
+        job,
+        Job.State.SUCCEEDED,
+        result={
+            "model_version": version.number,
+            "outcome": outcome,
+            "validation_dice": version.validation_dice,
+        },
+        line=f"model v{version.number}: {outcome}",
+    )
+    return version
+
+
+def sam_adaptation_run(*, job_id: int) -> ModelVersion | None:
+    """Worker side of a LiteMedSAM round (ml_worker.adaptation.round.sam_adaptation_round): adapt the
+    bundled LiteMedSAM's decoder on the approved train cases over the interactive worker's slice
+    embeddings (encoding only volumes nobody prompted), judge it on the locked validation split against
+    the LiteMedSAM answering now, score the active native net on the same boxes and clicks (routing
+    compares the two), record the candidate and promote it as a native round would."""
+    from annotation import interactive
+    from ml_worker.adaptation.round import GateOptions, sam_adaptation_round
+    from ml_worker.adaptation.train_sam import SamTrainConfig
+    from ml_worker.inference.embeddings import EmbeddingCache
+    from ml_worker.models.checkpoints import litemedsam_weights_path
+
+    with job_running(job_id, Job.Kind.ADAPT_SAM) as run:
+        if run is None:
+            return ModelVersion.objects.filter(job_id=job_id).first()
+        job = run.job
+        project = job.project
+        policy = policy_get(project)
+        approved = approved_versions(project)
+        cases, validation = _train_cases(project, approved)
+        if not cases:
+            raise ApplicationError(
+                "No approved mask in the train split yet: approve some cases before adapting."
+            )
+        active = active_version(project, ModelVersion.Model.LITEMEDSAM)
+        rival = active_version(project)
+        against = "the bundled LiteMedSAM" if active is None else f"LiteMedSAM v{active.number}"
+        run.report(
+            1,
+            f"LiteMedSAM decoder on {len(cases)} train and {len(validation)} validation cases, "
+            f"against {against}",
         )
-        return version
+        # the policy's epochs x steps, with LiteMedSAM's own learning rate (its lr is the native net's)
+        train = SamTrainConfig(steps=max(1, policy.epochs * policy.steps_per_epoch), seed=job.id)
+
+        def progress(step: int, steps: int, loss: float) -> None:
+            line = f"step {step}: loss {loss:.4f}" if step % max(1, steps // 4) == 0 else None
+            run.report(2 + 78 * step / steps, line)
+
+        result = sam_adaptation_round(
+            method=job.params["method"],
+            cases=cases,
+            validation=validation,
+            train=train,
+            out_dir=media_path(f"models/project-{project.id}/job-{job.id}"),
+            active=None if active is None else media_path(active.weights_path),
+            active_sha256=None if active is None else active.weights_sha256,
+            rival=None if rival is None else media_path(rival.weights_path),
+            modality=project.modality or "MR",
+            embeddings=EmbeddingCache(
+                max_bytes=settings.INTERACTIVE_CACHE_BYTES, directory=interactive.embeddings_dir()
+            ),
+            encoder=settings.INTERACTIVE_ENCODER,
+            snapshot_ids=[str(v.id) for v in approved.values()],
+            options=GateOptions(margin=policy.margin, alpha=policy.alpha, floor=policy.first_floor),
+            progress=progress,
+        )
+        run.report(95, result.reason)
+        version = model_version_record(
+            job=job,
+            result=result,
+            parent=active,
+            base=litemedsam_weights_path(),
+            snapshot=sorted(v.id for v in approved.values()),
+            parent_rival=rival,
+        )
+        return _finish_round(job, version, result, policy)
 
 
 # ---- pre-segmentation and scoring -----------------------------------------------------------------

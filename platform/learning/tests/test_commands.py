@@ -46,6 +46,18 @@ def test_retrain_queues_a_round_and_joins_the_queued_one(project, users):
     assert "manage.py retrain" in page.get(f"/projects/{project.id}/learning/").content.decode()
 
 
+def test_retrain_litemedsam_queues_its_own_round_beside_the_native_one(project, users):
+    native = run("retrain", "--project", project.name)
+    sam = run("retrain", "--project", project.name, "--model", "litemedsam", "--as", "admin")
+    assert sam["created"] and sam["job"] != native["job"] and "LiteMedSAM" in sam["plan"]
+    job = Job.objects.get(pk=sam["job"])
+    assert (job.kind, job.params["model"], job.params["method"]) == ("adapt_sam", "litemedsam", "decoder")
+    again = run("retrain", "--project", project.name, "--model", "litemedsam")
+    assert (again["job"], again["created"]) == (job.id, False)
+    with pytest.raises(CommandError, match="are for the native net"):
+        run("retrain", "--project", project.name, "--model", "litemedsam", "--method", "norm")
+
+
 def test_retrain_refuses_unknown_projects_methods_and_accounts(project):
     with pytest.raises(CommandError, match="No project 'Nope'"):
         run("retrain", "--project", "Nope")

@@ -34,6 +34,11 @@ class Command(BaseCommand):
         if route is None:
             self.stderr.write(f"'{project.name}' has no active model: LiteMedSAM answers its clicks")
             argv = ["interactive-eval", "--model", "litemedsam", *rest]
+        elif route.model != "native3d":
+            raise CommandError(
+                f"'{project.name}' routes clicks to its LiteMedSAM v{route.number}: interactive-eval scores "
+                "the bundled LiteMedSAM only; its validation curve is on the version's page (gate)"
+            )
         else:
             self.stderr.write(f"'{project.name}' routes clicks to its model v{route.number}")
             argv = ["interactive-eval", "--model", "native3d", "--checkpoint", str(media_path(route.weights))]

@@ -1,0 +1,148 @@
+"""LiteMedSAM in the learning loop, on the real PostgreSQL: a round adapts its decoder on approved cases,
+is judged against the LiteMedSAM that answers now and promoted like a native round, in its own lineage
+(the native net stays active and keeps pre-segmenting); boxes and clicks go to whichever model did better
+on the interactive curve of the same validation cases; a version whose file is damaged fails clearly.
+Volumes are 32x32x3 discs: every slice costs one encoder pass on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from annotation.models import Case
+from annotation.services import project_volumes_add
+from common.media import media_path, media_relative
+from learning.models import Job, ModelVersion
+from learning.selectors import interactive_route
+from learning.services import (
+    model_promote,
+    sam_adaptation_run,
+    sam_adaptation_start,
+)
+from learning.tests.conftest import HippoProject, model_version, small_policy
+from ml_worker.models.checkpoints import file_sha256, litemedsam_weights_path
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(settings, tmp_path):
+    torch.set_num_threads(1)
+
+
+def disc(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disc of label 1 on slices 1 and 2 with a core of label 2 on slice 2 (32x32x3)."""
+    rng = np.random.default_rng(seed)
+    row, col = rng.integers(12, 20, size=2)
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    distance = (rows - row) ** 2 + (cols - col) ** 2
+    label = np.zeros((32, 32, 3), np.uint8)
+    label[..., 1][distance <= 64] = 1
+    label[..., 2][distance <= 64] = 1
+    label[..., 2][distance <= 16] = 2
+    image = (label * 70.0 + rng.normal(0, 5, label.shape)).astype(np.int16)
+    return image, label
+
+
+@pytest.fixture
+def disc_project(project, users, make_volume):
+    """The project with two approved train and two approved validation disc cases."""
+    cases, truth = {}, {}
+    for i, split in enumerate(("train", "train", "validation", "validation")):
+        image, label = disc(i)
+        volume = make_volume(array=image, affine=np.eye(4))
+        project_volumes_add(project=project, volumes=[volume], user=None)
+        case = Case.objects.get(project=project, volume=volume)
+        Case.objects.filter(pk=case.pk).update(split=split)
+        case.refresh_from_db()
+        cases.setdefault(split, []).append(case)
+        truth[case.id] = label
+    hp = HippoProject(project, cases, truth, users)
+    for case in cases["train"] + cases["validation"]:
+        hp.approve(case)
+    # 20 decoder steps; two validation cases suffice for the paired test at alpha 0.5
+    small_policy(project, epochs=1, steps=20, alpha=0.5, margin=0.0)
+    return hp
+
+
+def litemedsam_version(project, number: int, content: bytes) -> ModelVersion:
+    """An active LiteMedSAM version whose weights file holds `content`."""
+    weights = media_path(f"models/project-{project.id}/sam-v{number}.pt")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(content)
+    version = model_version(project, number, state="candidate", gate={"promotable": True, "reason": "test"})
+    ModelVersion.objects.filter(pk=version.pk).update(
+        model="litemedsam", weights_path=media_relative(weights), weights_sha256=file_sha256(weights)
+    )
+    return model_promote(version=ModelVersion.objects.get(pk=version.pk), user=None)
+
+
+def test_a_litemedsam_version_answers_boxes_and_a_damaged_one_says_so(disc_project):
+    from annotation.services import interactive_segment
+
+    project = disc_project.project
+    v1 = litemedsam_version(project, 1, litemedsam_weights_path().read_bytes())
+    route = interactive_route(project=project)  # no native net: the adapted LiteMedSAM answers
+    assert (route.model, route.number, route.sha256) == ("litemedsam", 1, v1.weights_sha256)
+    case = disc_project.cases["validation"][0]
+    request = {"label": 1, "box": {"lo": [6, 6, 1], "hi": [26, 26, 2]}}
+    answer = interactive_segment(volume_id=case.volume_id, request=request, route=route.as_message())
+    assert answer["model"] == f"litemedsam/{v1.weights_sha256[:16]}" and answer["model_version"] == 1
+
+    litemedsam_version(project, 2, b"damaged")  # promoted: v1 retires
+    route = interactive_route(project=project)
+    failed = interactive_segment(volume_id=case.volume_id, request=request, route=route.as_message())
+    assert "The project's LiteMedSAM (version 2) cannot be loaded" in failed["error"]
+
+
+def test_a_damaged_litemedsam_version_fails_the_next_round_clearly(disc_project):
+    project = disc_project.project
+    broken = model_version(project, 1, state="active", gate={"promotable": True, "reason": "test"})
+    ModelVersion.objects.filter(pk=broken.pk).update(model="litemedsam")
+    media_path(broken.weights_path).parent.mkdir(parents=True, exist_ok=True)
+    media_path(broken.weights_path).write_bytes(b"truncated")
+    job, _ = sam_adaptation_start(project=project, user=None)
+    assert sam_adaptation_run(job_id=job.id) is None
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED
+    assert "the active LiteMedSAM version cannot be loaded" in job.error
+    assert ModelVersion.objects.filter(project=project).count() == 1  # nothing recorded
+
+
+def _curve(mean: float) -> list[float]:
+    return [mean] * 6
+
+
+def _vs(mean: float, native: float, number: int = 1) -> dict:
+    """A LiteMedSAM version's gate curves: its own mean, and the native version `number`'s beside it."""
+    return {
+        "candidate": _curve(mean),
+        "rival": {"model": "native3d", "number": number, "curve": _curve(native)},
+    }
+
+
+@pytest.mark.parametrize(
+    ("native", "sam", "routed"),
+    [
+        (None, None, None),  # nothing adapted: the bundled LiteMedSAM
+        ({}, None, "native3d"),  # no LiteMedSAM version: as before
+        (None, {"candidate": _curve(0.7)}, "litemedsam"),  # no native net to compare with
+        ({}, _vs(0.8, 0.7), "litemedsam"),
+        ({}, _vs(0.7, 0.8), "native3d"),
+        ({}, _vs(0.7, 0.7), "native3d"),  # a tie: the native net (it edits the mask)
+        ({}, _vs(0.9, 0.1, number=7), "native3d"),  # against a native version no longer active
+        ({}, {"candidate": _curve(0.9)}, "native3d"),  # never measured beside the native net
+    ],
+)  # fmt: skip
+def test_boxes_and_clicks_go_to_the_model_better_on_the_interactive_curve(project, native, sam, routed):
+    if native is not None:
+        model_version(project, 1, state="active", gate={"promotable": True, "reason": "test"})
+    if sam is not None:
+        version = model_version(project, 2, state="candidate", gate={"promotable": True, "interactive": sam})
+        ModelVersion.objects.filter(pk=version.pk).update(model="litemedsam")
+        model_promote(version=ModelVersion.objects.get(pk=version.pk), user=None)
+    route = interactive_route(project=project)
+    assert (None if route is None else route.model) == routed
+    if routed is not None:
+        assert route.number == (2 if routed == "litemedsam" else 1)
