@@ -11,7 +11,10 @@ shared hippocampus cases, the training a learning round runs), stopped when the 
 It runs in a database of its own (created here and dropped at the end) and a temporary media folder,
 so it leaves nothing behind. Needs PostgreSQL, the configured Redis broker (no other worker should
 consume its queues meanwhile), the browser bundle (`cd frontend && npm run build`), /usr/bin/chromium
-and the playwright package. The model runs on CUDA where there is one, else on the CPU.
+and the playwright package. The model runs on CUDA where there is one, else on the CPU. Beside other
+people's work on one machine, run it with DJANGO_SETTINGS_MODULE=annotator.settings.test: its own Redis
+key prefix (no other worker takes its tasks, its purges touch nobody else's queues) and static files
+served from the source folders (no collectstatic).
 
     python manage.py bench_viewer --clicks 10 --paint-runs 3 --shape 256 256 128
     python manage.py bench_viewer --checkpoint var/train/native_clicks.pt --train-beside --clicks 10
