@@ -88,6 +88,10 @@ class SamTrainConfig:
     lr, weight_decay: AdamW; cosine decay to 1% of ``lr`` over the steps. clip_norm: 0 switches it off.
     axis: the slice axis (the one the interactive model works along).
     jitter: each side of a training box moves by up to this many pixels (outwards or inwards).
+    propagate: the share of steps whose slices are prompted as 3D propagation prompts every slice but
+        the first (:class:`~ml_worker.inference.sam3d.LiteMedSAM3D`): a neighbouring slice's mask box
+        grown by 2 pixels, and the model's own logits on that neighbour as a dense prompt. Trained on
+        boxes alone, the decoder drifts on the prompts it is given in 3D.
     seed: seeds sampling, jitter and added parameters.
     checkpoint_every: with a ``checkpoint_dir``, the run's state is saved every this many steps.
     """
@@ -99,6 +103,7 @@ class SamTrainConfig:
     clip_norm: float = 1.0
     axis: int = 2
     jitter: int = 3
+    propagate: float = 0.5
     seed: int = 0
     checkpoint_every: int = 50
 
@@ -110,6 +115,8 @@ class SamTrainConfig:
             problems.append("lr must be > 0, weight_decay and clip_norm >= 0")
         if self.axis not in (0, 1, 2) or self.jitter < 0:
             problems.append(f"axis must be 0, 1 or 2 and jitter >= 0, got {self.axis}, {self.jitter}")
+        if not 0 <= self.propagate <= 1:
+            problems.append(f"propagate is a share in [0, 1], got {self.propagate}")
         if problems:
             raise ValueError("invalid SamTrainConfig: " + "; ".join(problems))
 
@@ -263,7 +270,12 @@ class SamTrainer:
         )
 
     def _logits(
-        self, cases: list[_Case], picks: Sequence[tuple[int, int, int]], images: Tensor, boxes: Tensor
+        self,
+        cases: list[_Case],
+        picks: Sequence[tuple[int, int, int]],
+        images: Tensor,
+        boxes: Tensor,
+        dense: Tensor | None = None,
     ) -> Tensor:
         """Mask logits of the picked slices; a frozen encoder's are read from the volume's embeddings."""
         with autocast(self.device):
@@ -272,8 +284,36 @@ class SamTrainer:
             else:
                 rows = [np.asarray(cases[i].embeddings[k], dtype=np.float32) for i, k, _ in picks]
                 embeddings = torch.from_numpy(np.stack(rows)).to(self.device)
-            logits, _ = self.model.decode(embeddings, boxes=boxes)
+            logits, _ = self.model.decode(embeddings, boxes=boxes, masks=dense)
         return logits.float()
+
+    def _propagated(
+        self, cases: list[_Case], picks: Sequence[tuple[int, int, int]], rng: np.random.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Model-frame boxes and dense prompts of the picked slices as propagation gives them: from a
+        neighbouring slice holding the structure (the slice itself where none does), its truth's box
+        grown by 2 pixels and the current model's logits there from its own box (no gradient)."""
+        axis = self.config.axis
+        sources = []
+        for i, k, value in picks:
+            case = cases[i]
+            near = [
+                n
+                for n in (k - 1, k + 1)
+                if 0 <= n < case.label.shape[axis] and (volume_slice(case.label, axis, n) == value).any()
+            ]
+            sources.append((i, int(rng.choice(near)) if near else k, value))
+        images, source_boxes, _, _ = self._batch(cases, sources, None)
+        with torch.no_grad():
+            dense = self._logits(cases, sources, images, source_boxes).detach()
+        boxes = []
+        for i, n, value in sources:
+            mask = volume_slice(cases[i].label, axis, n) == value
+            h, w = mask.shape
+            x0, y0, x1, y1 = (int(v) for v in mask_box(mask))
+            grown = np.array([max(x0 - 2, 0), max(y0 - 2, 0), min(x1 + 2, w - 1), min(y1 + 2, h - 1)])
+            boxes.append(slice_transform(cases[i].label.shape, axis).boxes_to_model(grown)[None])
+        return torch.cat(boxes).to(self.device), dense
 
     # ---- training and evaluation ---------------------------------------------------------------------
 
@@ -310,7 +350,10 @@ class SamTrainer:
         for step in range(len(losses) + 1, config.steps + 1):
             picks = [samples[i] for i in rng.integers(0, len(samples), size=config.batch_size)]
             images, boxes, targets, valid = self._batch(loaded, picks, rng)
-            loss = _loss(self._logits(loaded, picks, images, boxes), targets, valid)
+            dense = None
+            if rng.random() < config.propagate:
+                boxes, dense = self._propagated(loaded, picks, rng)
+            loss = _loss(self._logits(loaded, picks, images, boxes, dense), targets, valid)
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if config.clip_norm:

@@ -73,6 +73,18 @@ def test_a_frozen_encoder_runs_once_per_slice(base, case):
     assert calls == [3]  # later epochs, the evaluation and the curve read the cached embeddings
 
 
+def test_propagation_steps_prompt_with_a_neighbours_box_and_the_models_own_logits_there(base, case):
+    trainer = _trainer(base, "decoder", steps=3, propagate=1.0)
+    calls = []
+    decode = trainer.model.decode
+    trainer.model.decode = lambda e, **k: calls.append((len(e), k["masks"] is not None)) or decode(e, **k)
+    trainer.fit([case])
+    # every step: the neighbours' logits first (no dense prompt), then the slices with them as one
+    assert calls == [(1, False), (1, True)] * 3
+    with pytest.raises(ValueError, match="propagate is a share"):
+        SamTrainConfig(propagate=1.5)
+
+
 def test_encoder_lora_learns_while_base_weights_and_batchnorm_statistics_stay(base, case):
     trainer = _trainer(base, "encoder_lora", steps=1)
     stats = {n: b.clone() for n, b in trainer.model.named_buffers() if "running" in n}

@@ -16,12 +16,15 @@ from common.media import media_path, media_relative
 from learning.models import Job, ModelVersion
 from learning.selectors import interactive_route
 from learning.services import (
+    active_version,
+    adaptation_run,
     model_promote,
     sam_adaptation_run,
     sam_adaptation_start,
 )
-from learning.tests.conftest import HippoProject, model_version, small_policy
+from learning.tests.conftest import HippoProject, hippocampus, model_version, small_policy
 from ml_worker.models.checkpoints import file_sha256, litemedsam_weights_path
+from ml_worker.models.native3d import Native3DConfig, save_native3d
 
 pytestmark = pytest.mark.django_db
 
@@ -64,6 +67,89 @@ def disc_project(project, users, make_volume):
     # 20 decoder steps; two validation cases suffice for the paired test at alpha 0.5
     small_policy(project, epochs=1, steps=20, alpha=0.5, margin=0.0)
     return hp
+
+
+@pytest.fixture
+def hippo_crops(project, users, make_volume):
+    """The project with two approved train and two approved validation cases: real hippocampus
+    volumes cut to the 5 slices around each one's largest (the bundled LiteMedSAM is mediocre on them)."""
+    cases, truth = {}, {}
+    for index, split in ((1, "train"), (3, "train"), (4, "validation"), (7, "validation")):
+        image, label, _ = hippocampus(index)
+        k = int(np.argmax((label > 0).sum(axis=(0, 1))))
+        volume = make_volume(array=image[..., k - 2 : k + 3], affine=np.eye(4))
+        project_volumes_add(project=project, volumes=[volume], user=None)
+        case = Case.objects.get(project=project, volume=volume)
+        Case.objects.filter(pk=case.pk).update(split=split)
+        case.refresh_from_db()
+        cases.setdefault(split, []).append(case)
+        truth[case.id] = label[..., k - 2 : k + 3]
+    hp = HippoProject(project, cases, truth, users)
+    for case in cases["train"] + cases["validation"]:
+        hp.approve(case)
+    small_policy(project, epochs=1, steps=20, alpha=0.5, margin=0.0)
+    return hp
+
+
+def native_version(project, number: int) -> ModelVersion:
+    """An active native version whose weights are a small (untrained) native 3D net in the media store."""
+    config = Native3DConfig(
+        num_classes=2,
+        class_names=("anterior", "posterior"),
+        init_filters=8,
+        roi_size=(16, 16, 8),
+        spacing=None,
+    )
+    torch.manual_seed(0)
+    weights = save_native3d(config.build(), config, media_path(f"models/project-{project.id}/native.pt"))
+    version = model_version(project, number, state="active", gate={"promotable": True, "reason": "test"})
+    ModelVersion.objects.filter(pk=version.pk).update(
+        weights_path=media_relative(weights), weights_sha256=file_sha256(weights)
+    )
+    return ModelVersion.objects.get(pk=version.pk)
+
+
+@pytest.mark.timeout(900)  # 20 encoder passes and 20 decoder steps: minutes on a busy 2-core CPU
+def test_a_litemedsam_round_is_judged_promoted_in_its_own_lineage_and_takes_the_clicks(
+    hippo_crops, django_capture_on_commit_callbacks
+):
+    project = hippo_crops.project
+    native = native_version(project, 1)
+    assert interactive_route(project=project).model == "native3d"
+    with django_capture_on_commit_callbacks(execute=True):
+        job, created = sam_adaptation_start(project=project, user=None)
+        assert created and job.kind == Job.Kind.ADAPT_SAM
+        again, created = sam_adaptation_start(project=project, user=None)
+        assert not created and again == job  # a second trigger joins the first
+        version = adaptation_run(job_id=job.id)  # the train queue's task runs either kind
+    job.refresh_from_db()
+    version.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert (version.model, version.method, version.number, version.parent) == (
+        "litemedsam",
+        "decoder",
+        2,
+        None,
+    )
+    assert version.base_sha256 == file_sha256(litemedsam_weights_path())
+    assert set(version.validation) == {f"case-{c.id}" for c in hippo_crops.cases["validation"]}
+    curves = version.gate["interactive"]
+    assert len(curves["candidate"]) == 6 and len(curves["active"]) == 6  # vs the bundled LiteMedSAM
+    assert (
+        curves["rival"]["number"] == 1 and len(curves["rival"]["curve"]) == 6
+    )  # the native v1, same prompts
+    # after a box, the adapted decoder beats the bundled one on both validation cases
+    assert version.gate["promotable"], version.gate["reason"]
+    assert version.gate["mean_delta"] > 0 and version.state == ModelVersion.State.ACTIVE
+    native.refresh_from_db()
+    assert native.state == ModelVersion.State.ACTIVE  # one active version per network
+    assert active_version(project) == native  # the native net still pre-segments and scores
+    assert not Job.objects.filter(project=project, kind=Job.Kind.SCORE).exists()  # nothing to re-score
+    assert sam_adaptation_run(job_id=job.id) == version  # the message delivered again changes nothing
+
+    # routing: the better of the two on the curve they were both scored on
+    better = sum(curves["candidate"]) > sum(curves["rival"]["curve"])
+    assert interactive_route(project=project).model == ("litemedsam" if better else "native3d")
 
 
 def litemedsam_version(project, number: int, content: bytes) -> ModelVersion:
