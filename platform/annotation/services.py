@@ -295,8 +295,9 @@ def case_take(*, case: Case, user: User) -> CaseLock:
     # Embeddings for the model tools, now that someone works on it, and for the next cases of the
     # worklist (minutes per volume on a CPU: not for a whole project up front); a box before they are
     # complete is answered anyway, its slice encoded first.
-    volume_embeddings_request(volumes=[case.volume])
-    worklist_embeddings_prefetch(project=case.project)
+    if _litemedsam_answers(case.project):
+        volume_embeddings_request(volumes=[case.volume])
+        worklist_embeddings_prefetch(project=case.project)
     return lock
 
 
@@ -712,11 +713,20 @@ def volume_embeddings_request(*, volumes: Iterable[Volume]) -> None:
         transaction.on_commit(lambda vid=volume.id, sha=volume.sha256: enqueue(vid, sha))
 
 
+def _litemedsam_answers(project: Project) -> bool:
+    """Whether the project's boxes and clicks go to LiteMedSAM (bundled or adapted), the only model that
+    needs slice embeddings: once its native net answers, encoding would cost minutes of a CPU per
+    volume beside the clicks and the training, for nothing."""
+    route = learning_selectors.interactive_route(project=project)
+    return route is None or route.model == "litemedsam"
+
+
 def worklist_embeddings_prefetch(*, project: Project) -> None:
     """Embeddings ahead for the top ``INTERACTIVE_PREFETCH_CASES`` new, free cases of the worklist (in
-    the order `next_case_take` hands them out), so the next case taken answers its boxes at once."""
+    the order `next_case_take` hands them out), so the next case taken answers its boxes at once; none
+    where LiteMedSAM does not answer the project's prompts."""
     count = settings.INTERACTIVE_PREFETCH_CASES
-    if count < 1:
+    if count < 1 or not _litemedsam_answers(project):
         return
     now = timezone.now()
     cases = (

@@ -87,3 +87,18 @@ def test_taking_a_case_prepares_it_and_the_next_ones_of_the_worklist(users, proj
     assert not request_claimed(embeddings_dir(), cases[3].volume.sha256)
     case_take(case=cases[0], user=users["annotator"])  # taken again (a reload): nothing new
     assert queued() == 3
+
+
+def test_no_embeddings_once_the_projects_native_net_answers_its_clicks(users, project, make_volume, settings):
+    from annotation.tests.api.test_interactive_routing import version
+
+    settings.INTERACTIVE_PREFETCH_CASES = 2
+    ramps = [np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE) + i for i in range(3)]
+    project_volumes_add(project=project, volumes=[make_volume(array=a) for a in ramps], user=None)
+    version(project, 1, state="active", seed=0)  # LiteMedSAM no longer answers this project
+    cases = list(Case.objects.filter(project=project).order_by("id"))
+    case_scores_set(
+        project=project, scores=[CaseScore(case_id=c.id, score=1.0) for c in cases], model="m", version="1"
+    )
+    case_take(case=cases[0], user=users["annotator"])
+    assert queued() == 0 and not request_claimed(embeddings_dir(), cases[0].volume.sha256)
