@@ -164,7 +164,8 @@ def test_training_learns_the_synthetic_structures(data):
     assert after > max(before, 0.6)  # the small core needs longer than this test trains
     phases = result.history[0]["phase_seconds"]
     assert set(phases) == {"data", "simulate", "step"} and phases["step"] > 0
-    assert sum(phases.values()) <= result.history[0]["seconds"]
+    # Each phase is rounded to 10 ms: together they may pass the epoch's time by that much.
+    assert sum(phases.values()) <= result.history[0]["seconds"] + 0.005 * len(phases)
 
 
 def test_adapter_from_a_trainer_loads_onto_the_base(tmp_path, data):

@@ -106,7 +106,7 @@ def test_a_worse_candidate_stays_a_candidate_and_cannot_be_promoted(hippo_projec
     hp = approved_project(hippo_project)
     first = run_round(hp.project)
     # A round whose training is all but nothing (lr near zero on a LoRA): no significant gain.
-    small_policy(hp.project, epochs=1, steps_per_epoch=1, method="lora_conv")
+    small_policy(hp.project, epochs=1, steps_per_epoch=1, method="lora_conv", lr=1e-9)
     second = run_round(hp.project)
     first.refresh_from_db()
     assert (second.parent, second.method, second.base_sha256) == (first, "lora_conv", first.weights_sha256)
