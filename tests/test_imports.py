@@ -54,3 +54,17 @@ def test_a_sender_whose_task_is_not_connected_names_what_to_import():
         registry["run"]
     registry.connect(run=print)
     assert "run" in registry and registry["run"] is print
+
+
+def test_nothing_the_platform_or_a_round_runs_imports_the_experiments():
+    """ml_worker/experiments/ measures the product; the platform and ml_worker's other packages run
+    without it (only the command registry names its modules, by string)."""
+    root = PLATFORM.parent
+    sources = [p for p in (root / "ml_worker").rglob("*.py") if "experiments" not in p.parts]
+    sources += list(PLATFORM.rglob("*.py"))
+    offenders = sorted(
+        str(p.relative_to(root))
+        for p in sources
+        if "tests" not in p.parts and any(m.startswith("ml_worker.experiments") for m in imported_modules(p))
+    )
+    assert offenders == []

@@ -4,7 +4,7 @@ labelled NIfTI cases, with a progress bar; resumable; prints a JSON summary.
 Held-out cases, never trained on, are scored at the end by pre-segmentation Dice (no prompts) per
 class through the inference path (:meth:`~ml_worker.adaptation.train.Trainer.evaluate`):
 
-- ``--test-fraction F``: a fixed hash split, :func:`ml_worker.experiments.compare.partition` with its
+- ``--test-fraction F``: a fixed hash split, :func:`ml_worker.adaptation.splits.partition` with its
   default salt and no source part: the cases are ordered by the sha256 of their ids (file names
   without the NIfTI suffix) and the first ``round(F * n)`` are held out. The same on every run and
   machine, and the very test part ``peft-compare --test-fraction F`` scores on. Their image file names
@@ -37,13 +37,13 @@ __all__ = ["held_out_split", "train_command"]
 def held_out_split(
     case_ids: list[str], *, test_fraction: float | None = None, exclude: set[str] = frozenset()
 ) -> tuple[list[str], list[str]]:
-    """``(train, held_out)`` case ids: the hash split of :func:`~ml_worker.experiments.compare.partition`
+    """``(train, held_out)`` case ids: the hash split of :func:`~ml_worker.adaptation.splits.partition`
     with `test_fraction`, or the ids in `exclude` held out; both in the order of `case_ids`.
 
     Raises:
         ValueError: both or an invalid fraction; nothing left to train on.
     """
-    from ml_worker.experiments.compare import partition
+    from ml_worker.adaptation.splits import partition
 
     if test_fraction is not None and exclude:
         raise ValueError("give a test fraction or names to exclude, not both")
@@ -124,10 +124,9 @@ def train_command(args: argparse.Namespace) -> int:
     from ml_worker.adaptation.peft import get_method
     from ml_worker.adaptation.pretrain import TransferError, transfer_pretrained
     from ml_worker.adaptation.train import CheckpointMismatchError, TrainCase, TrainConfig, Trainer
-    from ml_worker.experiments.compare import default_model
     from ml_worker.inference.eval import find_cases
     from ml_worker.models.checkpoints import CheckpointError, file_sha256, select_device
-    from ml_worker.models.native3d import load_native3d, save_native3d
+    from ml_worker.models.native3d import Native3DConfig, load_native3d, save_native3d
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -145,7 +144,8 @@ def train_command(args: argparse.Namespace) -> int:
             spacing = spacing * 3
         names = _label_set(args.labels, cases)
         model = dataclasses.replace(
-            default_model(names, roi_size=args.roi, init_filters=args.init_filters), spacing=spacing
+            Native3DConfig.for_labels(names, roi_size=args.roi, init_filters=args.init_filters),
+            spacing=spacing,
         )
         values = model.label_values
         train = TrainConfig(

@@ -17,7 +17,6 @@ training seconds; the base itself is the row with method ``"base"`` and 0 shots.
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ml_worker.adaptation.peft import count_trainable, get_method
+from ml_worker.adaptation.splits import partition
 from ml_worker.adaptation.train import TrainCase, TrainConfig, Trainer, case_means
 from ml_worker.adaptation.train_sam import SamTrainConfig, SamTrainer
 from ml_worker.inference.embeddings import EmbeddingCache
@@ -34,38 +34,7 @@ from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, file_sha256, load_li
 from ml_worker.models.encoders import build_encoder
 from ml_worker.models.native3d import Native3DConfig, load_native3d, save_native3d
 
-__all__ = ["CompareConfig", "default_model", "partition", "peft_compare", "sam_compare"]
-
-
-def _order_key(case_id: str, salt: str) -> bytes:
-    return hashlib.sha256(f"{salt}{case_id}".encode()).digest()
-
-
-def partition(
-    case_ids: Sequence[str],
-    *,
-    test_fraction: float,
-    source_fraction: float,
-    salt: str = "peft-compare",
-) -> dict[str, list[str]]:
-    """Fixed ``test`` / ``source`` / ``pool`` parts of `case_ids` (see the module docstring).
-
-    Raises:
-        ValueError: fractions outside [0, 1) or summing to 1 or more, or an empty test part.
-    """
-    if not (0 < test_fraction < 1 and 0 <= source_fraction < 1 and test_fraction + source_fraction < 1):
-        raise ValueError(
-            "test_fraction must be in (0, 1), source_fraction in [0, 1), their sum < 1; "
-            f"got {test_fraction}, {source_fraction}"
-        )
-    order = sorted(case_ids, key=lambda c: _order_key(c, salt))
-    n_test = max(1, round(len(order) * test_fraction))
-    n_source = round(len(order) * source_fraction)
-    return {
-        "test": order[:n_test],
-        "source": order[n_test : n_test + n_source],
-        "pool": order[n_test + n_source :],
-    }
+__all__ = ["CompareConfig", "peft_compare", "sam_compare"]
 
 
 @dataclass(frozen=True)
@@ -359,16 +328,3 @@ def sam_compare(
         "base": {"path": str(base) if base is not None else "bundled LiteMedSAM", "sha256": base_sha},
         "rows": rows,
     }
-
-
-def default_model(labels: dict[int, str], *, roi_size: Sequence[int], init_filters: int) -> Native3DConfig:
-    """The native3d configuration the comparison trains a base with (source spacing, guidance on)."""
-    values = sorted(labels)
-    return Native3DConfig(
-        num_classes=len(values),
-        class_names=tuple(labels[v] for v in values),
-        label_values=tuple(values),
-        init_filters=init_filters,
-        roi_size=tuple(roi_size),
-        spacing=None,
-    )

@@ -2,7 +2,7 @@
 what each case costs it as the loop learns (``python -m ml_worker effort-simulate``).
 
 Split (shared by every setting and seed): the cases are ordered by a hash of their ids
-(:func:`~ml_worker.experiments.compare.partition`, salt ``effort-simulate``); the first ``validation``
+(:func:`~ml_worker.adaptation.splits.order_key`, salt ``effort-simulate``); the first ``validation``
 are the locked validation split the gate scores on (reference labels, not counted as effort), the
 next ``pool_size`` (default: the rest) are the pool the team annotates.
 
@@ -306,9 +306,9 @@ def split_cases(cases: Sequence[Case], config: EffortConfig) -> tuple[list[Case]
     Raises:
         ValueError: too few cases for the validation split and a pool.
     """
-    from ml_worker.experiments.compare import _order_key
+    from ml_worker.adaptation.splits import order_key
 
-    order = sorted(cases, key=lambda c: _order_key(c.name, "effort-simulate"))
+    order = sorted(cases, key=lambda c: order_key(c.name, "effort-simulate"))
     if len(order) < config.validation + 1:
         raise ValueError(
             f"{len(order)} cases are too few for {config.validation} validation cases and a pool"

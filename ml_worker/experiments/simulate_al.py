@@ -5,7 +5,7 @@ them: a strategy sees only what the platform would see (images, model scores, em
 "oracle" hands over a case's label once the strategy has selected it.
 
 Cases. Without separate test folders, :func:`split_cases` holds out the fixed hash part of
-:func:`~ml_worker.experiments.compare.partition` (default salt: the very test part ``train
+:func:`~ml_worker.adaptation.splits.partition` (default salt: the very test part ``train
 --test-fraction`` and ``peft-compare`` use); the rest is the unlabelled pool. ``pool_limit`` and
 ``test_limit`` keep the first N of each part in that hash order (a fixed subset, for quick runs).
 Test cases are never selected or trained on.
@@ -61,8 +61,9 @@ import torch
 
 from ml_worker.adaptation.peft import get_method
 from ml_worker.adaptation.pretrain import transfer_pretrained
+from ml_worker.adaptation.splits import partition
 from ml_worker.adaptation.train import ProgressCallback, TrainCase, TrainConfig, Trainer, case_means
-from ml_worker.experiments.compare import _mean_per_class, partition
+from ml_worker.experiments.compare import _mean_per_class
 from ml_worker.inference.native import Native3DTask
 from ml_worker.io.volume import load_volume
 from ml_worker.models.checkpoints import (
@@ -206,7 +207,7 @@ def split_cases(
 ) -> tuple[list[TrainCase], list[TrainCase]]:
     """``(pool, test)``: `cases` and the given `test` cases, or the fixed hash split of `cases`.
 
-    Without `test`, the test part is :func:`~ml_worker.experiments.compare.partition`'s (its default
+    Without `test`, the test part is :func:`~ml_worker.adaptation.splits.partition`'s (its default
     salt, no source part) and the pool the rest, both in its hash order. ``pool_limit`` and
     ``test_limit`` keep the first N of each (0: all).
 

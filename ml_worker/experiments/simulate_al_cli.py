@@ -156,7 +156,6 @@ def al_simulate_command(args: argparse.Namespace) -> int:
 
     from ml_worker.adaptation.train import TrainCase, TrainConfig
     from ml_worker.cli import step_bar
-    from ml_worker.experiments.compare import default_model
     from ml_worker.experiments.simulate_al import (
         CURVE_NAME,
         RESULTS_NAME,
@@ -165,6 +164,7 @@ def al_simulate_command(args: argparse.Namespace) -> int:
         split_cases,
     )
     from ml_worker.inference.eval import find_cases
+    from ml_worker.models.native3d import Native3DConfig
     from ml_worker.uncertainty.scorers import ScoringConfig
 
     if args.threads is not None:
@@ -181,7 +181,9 @@ def al_simulate_command(args: argparse.Namespace) -> int:
         if spacing is not None and len(spacing) == 1:
             spacing = spacing * 3
         model = dataclasses.replace(
-            default_model(_label_set(args.labels, cases), roi_size=s["roi"], init_filters=s["init_filters"]),
+            Native3DConfig.for_labels(
+                _label_set(args.labels, cases), roi_size=s["roi"], init_filters=s["init_filters"]
+            ),
             spacing=spacing,
         )
 

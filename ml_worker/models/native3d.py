@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,6 +235,21 @@ class Native3DConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()} | {
             "format": NATIVE3D_FORMAT
         }
+
+    @classmethod
+    def for_labels(
+        cls, labels: Mapping[int, str], *, roi_size: Sequence[int], init_filters: int
+    ) -> Native3DConfig:
+        """A guided net for a label set (value -> name, channels in value order) on the source spacing."""
+        values = sorted(labels)
+        return cls(
+            num_classes=len(values),
+            class_names=tuple(labels[v] for v in values),
+            label_values=tuple(values),
+            init_filters=init_filters,
+            roi_size=tuple(roi_size),
+            spacing=None,
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Native3DConfig:

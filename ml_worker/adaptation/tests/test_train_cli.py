@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from ml_worker.adaptation.splits import partition
 from ml_worker.adaptation.tests.synthetic import make_case
 from ml_worker.adaptation.train_cli import held_out_split
 from ml_worker.cli import main
-from ml_worker.experiments.compare import partition
 from ml_worker.models.native3d import Native3DConfig, load_native3d, save_native3d
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1", "--roi", "16,16,16"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ml_worker.adaptation.adapter import load_adapter
+from ml_worker.adaptation.splits import partition
 from ml_worker.adaptation.tests.synthetic import make_case, make_thin_case
 from ml_worker.cli import main
-from ml_worker.experiments.compare import partition
 from ml_worker.models.checkpoints import LITEMEDSAM_SHA256, file_sha256, load_litemedsam
 from ml_worker.models.native3d import load_native3d
 

@@ -14,15 +14,15 @@ import torch
 from PIL import Image
 
 from ml_worker.adaptation.pretrain import PretrainConfig, pretrain_network
+from ml_worker.adaptation.splits import partition
 from ml_worker.adaptation.tests.synthetic import make_case
 from ml_worker.adaptation.train import Trainer
 from ml_worker.cli import main
-from ml_worker.experiments.compare import default_model, partition
 from ml_worker.experiments.simulate_al import PoolViews, score_pool
 from ml_worker.inference.native import Native3DTask
 from ml_worker.io.volume import load_volume
 from ml_worker.models.checkpoints import autocast, load_state_dict
-from ml_worker.models.native3d import save_native3d
+from ml_worker.models.native3d import Native3DConfig, save_native3d
 from ml_worker.uncertainty.embedding import intensity_embedding
 from ml_worker.uncertainty.pool import PoolItem
 from ml_worker.uncertainty.scorers import ScoringConfig
@@ -33,7 +33,7 @@ SHAPE = (16, 16, 16)  # one network window: the roi
 TINY = ["--initial", str(K), "--per-round", str(B), "--rounds", str(ROUNDS), "--initial-steps", "2"]
 TINY += ["--round-steps", "1", "--batch-size", "1", "--roi", "16,16,16", "--init-filters", "8"]
 TINY += ["--device", "cpu", "--threads", "1"]
-MODEL = default_model({1: "label1", 2: "label2"}, roi_size=(16, 16, 16), init_filters=8)
+MODEL = Native3DConfig.for_labels({1: "label1", 2: "label2"}, roi_size=(16, 16, 16), init_filters=8)
 
 
 @pytest.fixture(scope="module")
