@@ -509,6 +509,16 @@ def _base_for(project: Project, job: Job, policy: LearningPolicy, active: ModelV
     return path
 
 
+def _round_inputs(project: Project):
+    """A round's policy, approved masks and train / locked validation cases; no train case is an error."""
+    policy = policy_get(project)
+    approved = approved_versions(project)
+    cases, validation = _train_cases(project, approved)
+    if not cases:
+        raise ApplicationError("No approved mask in the train split yet: approve some cases before adapting.")
+    return policy, approved, cases, validation
+
+
 def adaptation_run(*, job_id: int) -> ModelVersion | None:
     """Worker side of an adaptation round (see ml_worker.adaptation.round): train, judge on the locked
     validation split, record the candidate, promote it when the gate says so and the project does not
@@ -523,13 +533,7 @@ def adaptation_run(*, job_id: int) -> ModelVersion | None:
             return ModelVersion.objects.filter(job_id=job_id).first()
         job = run.job
         project = job.project
-        policy = policy_get(project)
-        approved = approved_versions(project)
-        cases, validation = _train_cases(project, approved)
-        if not cases:
-            raise ApplicationError(
-                "No approved mask in the train split yet: approve some cases before adapting."
-            )
+        policy, approved, cases, validation = _round_inputs(project)
         active = active_version(project)
         base = _base_for(project, job, policy, active)
         method = job.params["method"]
@@ -631,13 +635,7 @@ def sam_adaptation_run(*, job_id: int) -> ModelVersion | None:
             return ModelVersion.objects.filter(job_id=job_id).first()
         job = run.job
         project = job.project
-        policy = policy_get(project)
-        approved = approved_versions(project)
-        cases, validation = _train_cases(project, approved)
-        if not cases:
-            raise ApplicationError(
-                "No approved mask in the train split yet: approve some cases before adapting."
-            )
+        policy, approved, cases, validation = _round_inputs(project)
         active = active_version(project, ModelVersion.Model.LITEMEDSAM)
         rival = active_version(project)
         against = "the bundled LiteMedSAM" if active is None else f"LiteMedSAM v{active.number}"
