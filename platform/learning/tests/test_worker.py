@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from django.db import connection
 
 from annotation.models import Case, MaskVersion
@@ -126,12 +127,12 @@ def test_queued_work_survives_a_broker_that_lost_its_queues(hippo_project, start
     job, _ = services.pool_score_start(project=hp.project)  # dispatched at once: no worker yet
     assert Job.objects.get(pk=job.pk).dispatched_at is not None
     # A Redis without persistence restarting loses every queued message: drop our keys as it would.
-    with app.connection_for_write() as conn:
-        client = conn.default_channel.client
-        prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"]
-        keys = client.keys(f"{prefix}*")
-        assert keys, "the job's message should be in the broker before the 'restart'"
-        client.delete(*keys)
+    # A plain client: kombu's own adds its key prefix to every command, so it would not find them.
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"]
+    assert client.exists(f"{prefix}gpu"), "the job's message should be in the broker before the 'restart'"
+    client.delete(*client.keys(f"{prefix}*"))
+    assert client.keys(f"{prefix}*") == []
     start_worker("gpu")
     time.sleep(3)
     assert Job.objects.get(pk=job.pk).state == Job.State.QUEUED  # nothing arrived: the message is gone
