@@ -9,7 +9,9 @@
   decoder adapted on box-prompted slices of the approved cases, judged against the LiteMedSAM that
   answers now by what annotators get (Dice after a 3D box, then the interactive curve).
 - :class:`PoolScorer`: pre-segment and score unlabelled volumes with a model (or, at cold start, embed
-  them only), then rank them with a selection strategy.
+  them only), optionally beside a second opinion (LiteMedSAM prompted with the model's boxes) whose
+  disagreement is a score and which pre-segments instead where it is better; then rank them with a
+  selection strategy.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ml_worker.adaptation.train import (
 )
 from ml_worker.adaptation.train_sam import SamTrainConfig, SamTrainer
 from ml_worker.inference.embeddings import EmbeddingCache
-from ml_worker.inference.eval import interactive_curve
+from ml_worker.inference.eval import dice, interactive_curve
 from ml_worker.inference.native import Native3DTask
 from ml_worker.io.volume import load_volume
 from ml_worker.models.checkpoints import (
@@ -59,6 +61,7 @@ __all__ = [
     "GateOptions",
     "PoolScorer",
     "RoundResult",
+    "ScoredVolume",
     "adaptation_round",
     "initial_checkpoint",
     "sam_adaptation_round",
@@ -413,35 +416,98 @@ def _curve(task: Native3DTask, cases: Sequence[TrainCase], train: TrainConfig) -
     )
 
 
+SecondOpinion = Callable[[Path, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredVolume:
+    """A pool volume after scoring: its item, the model's pre-segmentation and the second opinion's.
+
+    labels: the model's uint8 label map (None at cold start).
+    second: the second opinion's uint8 label map (LiteMedSAM prompted with boxes around `labels`), when
+        the scorer has one.
+    """
+
+    item: PoolItem
+    labels: np.ndarray | None = None
+    second: np.ndarray | None = None
+
+
 class PoolScorer:
     """Scores unlabelled volumes for the worklist.
 
     With `weights` (the active model), each volume is pre-segmented and gets the entropy of the
     prediction (mean over the foreground region, per class too) and an intensity embedding; without, it
-    gets the embedding only and :meth:`rank` orders by diversity (cold start).
+    gets the embedding only and :meth:`rank` orders by diversity (cold start). With a `second_opinion`
+    (``(volume path, label map) -> label map``: LiteMedSAM prompted with a box around each structure the
+    model found), each volume also gets the ``disagreement`` score of the two (``1 - Dice`` per class, the
+    class mean as the volume score), which the ``disagreement`` strategy ranks by.
     """
 
-    def __init__(self, weights: Path | None, *, modality: str, device: str | None = None) -> None:
+    def __init__(
+        self,
+        weights: Path | None,
+        *,
+        modality: str,
+        device: str | None = None,
+        second_opinion: SecondOpinion | None = None,
+    ) -> None:
         self.task = None if weights is None else Native3DTask.from_checkpoint(Path(weights), device=device)
         self.modality = modality
+        self.second_opinion = None if self.task is None else second_opinion
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return () if self.task is None else self.task.config.class_names
 
-    def item(self, volume_id: str, path: Path) -> tuple[PoolItem, np.ndarray | None]:
-        """The volume's pool item and, with a model, its pre-segmentation (uint8 label map)."""
+    def item(self, volume_id: str, path: Path) -> ScoredVolume:
+        """The volume's pool item, with a model its pre-segmentation, with a second opinion that too."""
         array, affine = load_volume(Path(path))
         if self.task is None:
-            return PoolItem(volume_id=volume_id, embedding=intensity_embedding(array)), None
+            return ScoredVolume(PoolItem(volume_id=volume_id, embedding=intensity_embedding(array)))
         prediction = self.task(image=array, affine=affine, modality=self.modality)
+        methods, second, other = [SCORE_KEY], None, None
+        if self.second_opinion is not None:
+            second = self.second_opinion(Path(path), prediction.labels)
+            values = self.task.config.label_values
+            onehot = torch.as_tensor(np.stack([second == v for v in values]).astype(np.float32))
+            methods.append("disagreement")
+
+            def other(_image: torch.Tensor) -> torch.Tensor:
+                return onehot[None]
+
         inputs = ScoringInput(
             volume_id=volume_id,
             image=torch.as_tensor(np.asarray(array, dtype=np.float32))[None],
             class_names=self.class_names,
             probs=prediction.probabilities,
+            predict_other=other,
         )
-        return score_volume(inputs, methods=[SCORE_KEY]), prediction.labels
+        return ScoredVolume(score_volume(inputs, methods=methods), prediction.labels, second)
+
+    def presegmentation_choice(self, cases: Sequence[TrainCase]) -> dict[str, Any]:
+        """Which pre-segmentation is better on `cases` (the locked validation cases with their approved
+        masks): the model's own, or the second opinion's. Mean Dice per case (over the classes the case
+        labels) of each; ``use`` is ``"second"`` only when it is better on the mean (a tie keeps the
+        model's, which needs no slice embeddings)."""
+        if self.task is None or self.second_opinion is None:
+            raise ValueError("a pre-segmentation choice needs a model and a second opinion")
+        names = {v: n for n, v in self.task.config.labels.items()}
+        scores: dict[str, list[float]] = {"model": [], "second": []}
+        for case in cases:
+            scored = self.item(case.case_id, Path(case.image))
+            truth = np.rint(load_volume(case.label)[0]).astype(np.int64)
+            for key, labels in (("model", scored.labels), ("second", scored.second)):
+                per_class = [dice(labels == v, truth == v) for v in names if v in case.labelled]
+                scores[key].append(float(np.mean(per_class)) if per_class else 0.0)
+        means = {k: float(np.mean(v)) if v else None for k, v in scores.items()}
+        better = bool(scores["model"]) and means["second"] > means["model"]
+        return {
+            "cases": len(cases),
+            "model": means["model"],
+            "second": means["second"],
+            "use": "second" if better else "model",
+        }
 
     @staticmethod
     def embedded(volume_id: str, path: Path) -> PoolItem:

@@ -194,7 +194,7 @@ def bench_round(
     items, per_volume = [], []
     for c in tqdm(pool_part, unit="volume", desc="pool scoring", leave=False):
         t = time.perf_counter()
-        item, _ = scorer.item(c.name, c.image)
+        item = scorer.item(c.name, c.image).item
         per_volume.append(time.perf_counter() - t)
         items.append(item)
     t = time.perf_counter()

@@ -481,7 +481,7 @@ def _rank(
     scorer = PoolScorer(
         None if state["active"] is None else Path(state["active"]), modality=config.modality, device=device
     )
-    items = [scorer.item(n, by_name[n].image)[0] for n in remaining]
+    items = [scorer.item(n, by_name[n].image).item for n in remaining]
     labelled = [PoolScorer.embedded(n, by_name[n].image) for n in approved_ids]
     ranked = scorer.rank(
         items, strategy=config.strategy, labelled=labelled, seed=state["seed"] + len(state["rounds"])

@@ -252,3 +252,52 @@ class InteractiveSegmenter:
             pending=session.pending,
             slices_encoded=encoded,
         )
+
+    def boxed(
+        self,
+        *,
+        volume_path: Path,
+        volume_sha256: str,
+        labels: np.ndarray,
+        weights: Path | None = None,
+        weights_sha256: str | None = None,
+    ) -> np.ndarray:
+        """LiteMedSAM's answer to a 3D box around each structure of `labels` (another model's label map
+        of the volume, e.g. the native net's pre-segmentation): a uint8 label map of the same shape.
+        Only the slab the boxes span is encoded (slices not encoded yet), not the whole volume. Where two
+        structures' answers overlap, the lower label value keeps the voxel.
+
+        Raises:
+            PromptError: `labels` does not have the volume's shape.
+            CheckpointError: the version's weights cannot be loaded.
+        """
+        labels = np.asarray(labels)
+        with self._lock:
+            model = self.decoder(weights, weights_sha256)
+        volume = self._volume(volume_path, volume_sha256)
+        if labels.shape != volume.shape:
+            raise PromptError(f"label map of shape {labels.shape} for a volume of {volume.shape}")
+        out = np.zeros(labels.shape, np.uint8)
+        boxes = []
+        for value in (int(v) for v in np.unique(labels) if v):
+            where = np.argwhere(labels == value)
+            boxes.append(Box3D(value, tuple(where.min(0).tolist()), tuple(where.max(0).tolist())))
+        if not boxes:
+            return out
+        stored, store = self.cache.get(self.key(volume_sha256)), None
+        if stored is None:
+            store = self.store(volume_sha256, volume.shape)
+            lo = min(b.lo[self.axis] for b in boxes)
+            hi = max(b.hi[self.axis] for b in boxes)
+            for k in range(lo, hi + 1):
+                self._encode(store, volume, k)
+            if store.complete:
+                stored, store = self.cache.get(self.key(volume_sha256)), None
+            else:
+                stored = store.array()
+        embeddings = VolumeEmbeddings(stored, volume.shape, self.axis, store=store)
+        with self._lock:
+            for box in boxes:
+                session = LiteMedSAM3D(model, embeddings, label=box.label, config=self.propagation)
+                out[session.start(box) & (out == 0)] = box.label
+        return out

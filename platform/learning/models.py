@@ -15,6 +15,9 @@ def default_network() -> dict:
     return {"init_filters": 8, "roi_size": [48, 64, 48], "spacing": [1.0, 1.0, 1.0]}
 
 
+SECOND_OPINION_SUFFIX = "+litemedsam"
+
+
 class LearningPolicy(models.Model):
     """How a project's model learns: when a round starts, with which method, how a candidate is judged.
 
@@ -30,7 +33,11 @@ class LearningPolicy(models.Model):
     )
     method = models.CharField(max_length=32, default="lora_conv", help_text="PEFT method of a round")
     strategy = models.CharField(
-        max_length=32, default="hybrid", help_text="Selection strategy of the worklist"
+        max_length=32,
+        default="hybrid",
+        help_text="Selection strategy of the worklist (disagreement: the native net against LiteMedSAM "
+        "prompted with its boxes, which then pre-segments where it does better on the validation split; "
+        "it costs the slice embeddings of every pool volume)",
     )
     manual_promotion = models.BooleanField(
         default=False, help_text="A candidate that passes the gate waits for an admin to promote it"
@@ -195,3 +202,9 @@ class ModelVersion(models.Model):
     def label(self) -> str:
         """What pre-segmentations and scores record as their model (MaskVersion.model_version)."""
         return f"{self.model}:p{self.project_id}v{self.number}"
+
+    @property
+    def second_opinion_label(self) -> str:
+        """What a pre-segmentation records when LiteMedSAM, prompted with boxes around this version's
+        structures, made it (see learning.services._second_opinion)."""
+        return self.label + SECOND_OPINION_SUFFIX

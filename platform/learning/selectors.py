@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 
 from annotation.models import AuditEvent, Case, MaskVersion, Project, Review
 from common.exceptions import ApplicationError
-from learning.models import Job, LearningPolicy, ModelVersion
+from learning.models import SECOND_OPINION_SUFFIX, Job, LearningPolicy, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -416,18 +416,23 @@ def effort_by_model(cases: Iterable[ApprovedCase], *, project: Project) -> list[
     for case in cases:
         by_model[case.presegmented_by].append(case)
 
+    def split(label: str) -> tuple[str, bool]:  # (the native version's label, LiteMedSAM on its boxes)
+        base = label.removesuffix(SECOND_OPINION_SUFFIX)
+        return base, base != label
+
     def order(label: str) -> tuple[int, int, str]:
+        base, boxed = split(label)
         if not label:
             return (0, 0, "")
-        return (1, numbers[label], "") if label in numbers else (2, 0, label)
+        return (1, numbers[base], str(boxed)) if base in numbers else (2, 0, label)
 
-    return [
-        _group(
-            f"v{numbers[label]}" if label in numbers else (label or "none (drawn from scratch)"),
-            by_model[label],
-        )
-        for label in sorted(by_model, key=order)
-    ]
+    def name(label: str) -> str:
+        base, boxed = split(label)
+        if base not in numbers:
+            return label or "none (drawn from scratch)"
+        return f"v{numbers[base]}" + (" + LiteMedSAM on its boxes" if boxed else "")
+
+    return [_group(name(label), by_model[label]) for label in sorted(by_model, key=order)]
 
 
 def approved_count(*, project: Project) -> int:

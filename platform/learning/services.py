@@ -689,14 +689,17 @@ def pool_score_start(*, project: Project, user: User | None = None) -> tuple[Job
     return job_create(project=project, kind=Job.Kind.SCORE, params={}, user=user)
 
 
-def _stored_item(case: Case, label: str):
-    """The pool item a scoring run stored for `case` with the model `label`, or None."""
+def _stored_item(case: Case, label: str, needs: tuple[str, ...]):
+    """The pool item a scoring run stored for `case` with the model `label` and the scores `needs`, or
+    None."""
     import numpy as np
 
     from ml_worker.uncertainty.pool import PoolItem
 
     inputs = case.score_inputs or {}
     if case.score_model != label or inputs.get("model") != label or "embedding" not in inputs:
+        return None
+    if not set(needs) <= set(inputs.get("scores", {})):
         return None
     return PoolItem(
         volume_id=str(case.id), scores=inputs.get("scores", {}), embedding=np.asarray(inputs["embedding"])
@@ -723,7 +726,8 @@ def pool_score_run(*, job_id: int) -> int | None:
     run again: their stored scores and embedding re-enter the ranking. Cases that left the pool (taken,
     submitted, approved) drop to the end. A volume read twice is one pool item: its unstarted readings
     share its score and pre-segmentation, and a started reading does not count as labelled while the
-    other waits. Returns how many pool items (volumes) were ranked."""
+    other waits. A project that ranks by ``disagreement`` also asks LiteMedSAM for its answer to the native
+    net's boxes (see _second_opinion). Returns how many pool items (volumes) were ranked."""
     with job_running(job_id, Job.Kind.SCORE) as run:
         if run is None:
             return None
@@ -743,8 +747,12 @@ def _pool_score(run, project: Project) -> dict:
 
     policy = policy_get(project)
     active = active_version(project)
+    needs = () if active is None else _scores_needed(policy)
+    second = _second_opinion(run, project) if "disagreement" in needs else None
     scorer = PoolScorer(
-        None if active is None else media_path(active.weights_path), modality=project.modality or "MR"
+        None if active is None else media_path(active.weights_path),
+        modality=project.modality or "MR",
+        second_opinion=second,
     )
     label = COLD_START if active is None else active.label
     readings: dict[int, list[Case]] = {}  # volume -> its unstarted cases, reading 1 first
@@ -758,24 +766,28 @@ def _pool_score(run, project: Project) -> dict:
     volume_of = {case.id: case.volume_id for case in pool}
     items, inputs, todo = [], {}, []
     for case in pool:
-        stored = _stored_item(case, label)
+        stored = _stored_item(case, label, needs)
         if stored is None:
             todo.append(case)
         else:
             items.append(stored)
+    choice = _presegmentation_choice(run, project, scorer) if second is not None and todo else None
+    preseg = label if choice is None or choice["use"] == "model" else active.second_opinion_label
     run.report(0, f"{len(todo)} of {len(pool)} unlabelled cases to score with {label}", force=True)
     for i, case in enumerate(todo, 1):
-        item, labels = scorer.item(str(case.id), media_path(case.volume.path))
+        scored = scorer.item(str(case.id), media_path(case.volume.path))
+        item = scored.item
         items.append(item)
         inputs[case.id] = {
             "model": label,
             "scores": dict(item.scores),
             "embedding": item.embedding.tolist(),
         }
+        labels = scored.second if preseg != label else scored.labels
         if labels is not None:
             for reading in readings[case.volume_id]:  # both readers start from the same mask
                 try:
-                    presegmentation_create(case=reading, mask=labels, model_version=label)
+                    presegmentation_create(case=reading, mask=labels, model_version=preseg)
                 except CaseStateError:
                     pass  # taken meanwhile: the annotator's work wins
         run.report(90 * i / max(len(todo), 1))
@@ -796,7 +808,73 @@ def _pool_score(run, project: Project) -> dict:
     case_scores_set(
         project=project, scores=scores, model=label, version="" if active is None else str(active.number)
     )
-    return {"ranked": len(ranked), "scored_now": len(todo), "model": label}
+    out = {"ranked": len(ranked), "scored_now": len(todo), "model": label}
+    return out if choice is None else out | {"presegmentation": choice}
+
+
+def _scores_needed(policy: LearningPolicy) -> tuple[str, ...]:
+    """Scores a pool item must have beyond the entropy every scoring run gives, for the project's
+    strategy: ``disagreement`` (the native net against LiteMedSAM on its boxes) only when the strategy
+    ranks by it, since it costs the slice embeddings of every pool volume's structure slab, which nothing
+    else pays for once the native net answers the clicks."""
+    from ml_worker.uncertainty.strategies import get_strategy
+
+    return ("disagreement",) if get_strategy(policy.strategy).score_key == "disagreement" else ()
+
+
+def _second_opinion(run, project: Project):
+    """LiteMedSAM (the project's adapted version, else the bundled one) prompted with a box around each
+    structure of a native label map: ``(volume path, label map) -> label map``."""
+    from annotation import interactive
+    from ml_worker.models.checkpoints import CheckpointError
+    from studies.models import Volume
+
+    segmenter = interactive.segmenter()
+    sam = active_version(project, ModelVersion.Model.LITEMEDSAM)
+    weights = None if sam is None else (media_path(sam.weights_path), sam.weights_sha256)
+    if weights is not None:
+        try:
+            segmenter.decoder(*weights)
+        except CheckpointError as exc:
+            run.report(
+                line=f"LiteMedSAM version {sam.number} cannot be loaded ({exc}): the bundled one "
+                "gives the second opinion",
+                force=True,
+            )
+            weights = None
+    sha256 = {
+        str(media_path(v.path)): v.sha256
+        for v in Volume.objects.filter(cases__project=project).only("path", "sha256").distinct()
+    }
+
+    def second(path: Path, labels):
+        return segmenter.boxed(
+            volume_path=path,
+            volume_sha256=sha256[str(path)],
+            labels=labels,
+            weights=None if weights is None else weights[0],
+            weights_sha256=None if weights is None else weights[1],
+        )
+
+    return second
+
+
+def _presegmentation_choice(run, project: Project, scorer) -> dict:
+    """Whether the second opinion pre-segments better than the native net on the approved cases of the
+    locked validation split (mean Dice per case); with none approved yet, the native net's stays."""
+    _, validation = _train_cases(project, approved_versions(project))
+    if not validation:
+        choice = {"cases": 0, "model": None, "second": None, "use": "model"}
+        run.report(line="no approved validation case: pre-segmenting with the native net", force=True)
+        return choice
+    choice = scorer.presegmentation_choice(validation)
+    run.report(
+        line=f"pre-segmentation on {choice['cases']} validation cases: native net {choice['model']:.3f}, "
+        f"LiteMedSAM on its boxes {choice['second']:.3f}: using "
+        + ("the native net" if choice["use"] == "model" else "LiteMedSAM on the native net's boxes"),
+        force=True,
+    )
+    return choice
 
 
 # ---- the periodic check ---------------------------------------------------------------------------
@@ -829,6 +907,10 @@ def learning_tick() -> dict:
         active = active_version(project)
         label = COLD_START if active is None else active.label
         stale = Case.objects.filter(project=project, status=Case.Status.NEW).exclude(score_model=label)
+        for name in () if active is None else _scores_needed(policy):  # the strategy changed since
+            stale |= Case.objects.filter(project=project, status=Case.Status.NEW).exclude(
+                score_inputs__scores__has_key=name
+            )
         if stale.exists():
             job, created = pool_score_start(project=project)
             if created:

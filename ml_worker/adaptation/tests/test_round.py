@@ -1,13 +1,16 @@
 """The learning round's gate also scores the interactive curve: a candidate that needs more clicks than
-the active model is refused, and says so."""
+the active model is refused, and says so. Pool scoring with a second opinion (LiteMedSAM on the model's
+boxes, here a stand-in) scores their disagreement and pre-segments with it only where it is better."""
 
 from __future__ import annotations
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
 from ml_worker.adaptation import round as round_module
-from ml_worker.adaptation.round import _interactive_verdict, adaptation_round
+from ml_worker.adaptation.round import PoolScorer, _interactive_verdict, adaptation_round
 from ml_worker.adaptation.tests.synthetic import make_case
 from ml_worker.adaptation.train import TrainConfig
 from ml_worker.inference.eval import interactive_curve
@@ -78,3 +81,39 @@ def test_a_round_refuses_a_candidate_worse_on_the_interactive_curve(cases, tmp_p
     assert not result.promotable
     assert "interactive curve" in result.reason and "0.550 vs 0.750" in result.reason
     assert result.interactive_summary == {"clicks": 5, "candidate": [0.55] * 6, "active": [0.75] * 6}
+
+
+def _truth(path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj).astype(np.uint8)
+
+
+def test_a_second_opinion_adds_the_disagreement_score_and_can_win_the_presegmentation(cases, tmp_path):
+    train_cases, folder = cases
+    torch.manual_seed(0)
+    weights = save_native3d(CONFIG.build(), CONFIG, tmp_path / "native.pt")
+    truth_of = {str(c.image): _truth(c.label) for c in train_cases}
+    seen = []
+
+    def perfect(path, labels):  # a second model that is always right
+        seen.append((str(path), labels.shape))
+        return truth_of[str(path)]
+
+    scored = PoolScorer(weights, modality="MR", second_opinion=perfect).item("v1", train_cases[0].image)
+    assert seen == [(str(train_cases[0].image), scored.labels.shape)]  # asked about the model's map
+    np.testing.assert_array_equal(scored.second, truth_of[str(train_cases[0].image)])
+    assert {"entropy", "disagreement", "disagreement/outer", "disagreement/core"} <= set(scored.item.scores)
+    assert 0.0 < scored.item.scores["disagreement"] <= 1.0  # an untrained net against the truth
+
+    choice = PoolScorer(weights, modality="MR", second_opinion=perfect).presegmentation_choice(
+        train_cases[:2]
+    )
+    assert choice["cases"] == 2 and choice["second"] == pytest.approx(1.0) and choice["use"] == "second"
+    nothing = PoolScorer(weights, modality="MR", second_opinion=lambda path, labels: np.zeros_like(labels))
+    choice = nothing.presegmentation_choice(train_cases[:2])
+    assert choice["second"] == 0.0 and choice["use"] == "model"  # never worse than the model's own
+
+    assert (
+        "disagreement" not in PoolScorer(weights, modality="MR").item("v1", train_cases[0].image).item.scores
+    )
+    cold = PoolScorer(None, modality="MR", second_opinion=perfect).item("v1", train_cases[0].image)
+    assert cold.labels is None and cold.second is None and len(seen) == 3  # no model: nothing to refine

@@ -149,3 +149,29 @@ def test_request_prompts_are_parsed_and_checked():
     with pytest.raises(PromptError, match="outside the volume"):
         prompts_from_json({"label": 1, "box": {"lo": [0, 0, 0], "hi": [3, 3, 3]},
                            "clicks": [{"ijk": [10, 0, 0]}]}, shape=(10, 10, 10))  # fmt: skip
+
+
+def test_boxes_around_another_models_structures_encode_only_their_slab(
+    tmp_path, encoded_crop: EncodedCrop, monkeypatch
+):
+    segmenter = InteractiveSegmenter(embeddings_dir=tmp_path / "emb", axis=AXIS, device="cpu")
+    path = encoded_crop.folder / "images" / f"{CASE}.nii"
+    sha, shape = "5" * 64, encoded_crop.image.shape
+    labels = np.zeros_like(encoded_crop.labels)  # "another model's" map: the truth on slices 3..6
+    labels[:, 3:7] = encoded_crop.labels[:, 3:7]
+    written: list[int] = []
+    write = SliceStore.write
+    monkeypatch.setattr(SliceStore, "write", lambda self, k, e: written.append(k) or write(self, k, e))
+
+    assert not segmenter.boxed(volume_path=path, volume_sha256=sha, labels=np.zeros_like(labels)).any()
+    assert written == []  # nothing found: nothing to encode
+    out = segmenter.boxed(volume_path=path, volume_sha256=sha, labels=labels)
+    assert sorted(written) == [3, 4, 5, 6]  # the slab of the boxes, not the volume's 10 slices
+    assert out.shape == shape and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, *np.unique(labels).tolist()} and (out == 1).any()
+    where = np.argwhere(labels == 1)
+    box = Box3D(1, tuple(where.min(0).tolist()), tuple(where.max(0).tolist()))
+    alone = segmenter.segment(volume_path=path, volume_sha256=sha, shape=shape, label=1, box=box, clicks=())
+    np.testing.assert_array_equal(out == 1, alone.mask)  # label 1 first: exactly its box's answer
+    with pytest.raises(PromptError, match="label map of shape"):
+        segmenter.boxed(volume_path=path, volume_sha256=sha, labels=labels[:, :5])

@@ -352,3 +352,18 @@ def test_the_jobs_api_is_in_the_openapi_schema(client):
     doc = client.get("/api/schema/").json()
     assert doc["paths"]["/api/projects/{project_id}/jobs/"]["get"]["operationId"] == "projectJobList"
     assert doc["paths"]["/api/jobs/{job_id}/"]["get"]["operationId"] == "jobDetail"
+
+
+def test_effort_by_model_names_litemedsam_on_a_versions_boxes_apart_from_the_version(project):
+    v1 = model_version(project, 1, state="active", dice=0.6, approved=4, active_at=timezone.now())
+    now = timezone.now()
+
+    def approved(case_id: int, seconds: float, by: str) -> selectors.ApprovedCase:
+        return selectors.ApprovedCase(case_id, now, seconds, 0, 0, 0, by)
+
+    cases = [approved(1, 100.0, v1.second_opinion_label), approved(2, 50.0, v1.label), approved(3, 300.0, "")]
+    assert [(g.label, g.seconds) for g in selectors.effort_by_model(cases, project=project)] == [
+        ("none (drawn from scratch)", 300.0),
+        ("v1", 50.0),
+        ("v1 + LiteMedSAM on its boxes", 100.0),
+    ]

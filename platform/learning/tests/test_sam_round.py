@@ -24,7 +24,7 @@ from learning.services import (
 )
 from learning.tests.conftest import HippoProject, hippocampus, model_version, small_policy
 from ml_worker.models.checkpoints import file_sha256, litemedsam_weights_path
-from ml_worker.models.native3d import Native3DConfig, save_native3d
+from ml_worker.models.native3d import Native3DConfig, load_native3d, save_native3d
 
 pytestmark = pytest.mark.django_db
 
@@ -232,3 +232,56 @@ def test_boxes_and_clicks_go_to_the_model_better_on_the_interactive_curve(projec
     assert (None if route is None else route.model) == routed
     if routed is not None:
         assert route.number == (2 if routed == "litemedsam" else 1)
+
+
+@pytest.mark.timeout(900)  # 12 encoder passes on a busy 2-core CPU
+def test_ranking_by_disagreement_asks_litemedsam_on_the_native_boxes_and_presegments_with_the_better(
+    disc_project, make_volume, django_capture_on_commit_callbacks
+):
+    from annotation.models import MaskVersion
+    from learning.services import learning_tick, pool_score_run, pool_score_start
+
+    project = disc_project.project
+    native = native_version(project, 1)
+    # A native net that calls every voxel the first structure: its box is the whole volume.
+    network, config = load_native3d(media_path(native.weights_path))
+    last = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([8.0, -8.0]))
+    save_native3d(network, config, media_path(native.weights_path))
+    ModelVersion.objects.filter(pk=native.pk).update(
+        weights_sha256=file_sha256(media_path(native.weights_path))
+    )
+    pool = []
+    for seed in (10, 11):
+        volume = make_volume(array=disc(seed)[0], affine=np.eye(4))
+        project_volumes_add(project=project, volumes=[volume], user=None)
+        pool.append(Case.objects.get(project=project, volume=volume))
+
+    job, _ = pool_score_start(project=project)  # the default strategy (hybrid) reads entropy only
+    assert pool_score_run(job_id=job.id) == 2
+    job.refresh_from_db()
+    assert "presegmentation" not in job.result
+    assert all(
+        "disagreement" not in c.score_inputs["scores"]
+        for c in Case.objects.filter(pk__in=[c.pk for c in pool])
+    )
+
+    with django_capture_on_commit_callbacks(execute=False):
+        assert learning_tick()["score"] == []  # scored with the active model: nothing stale
+        small_policy(project, epochs=1, steps=20, alpha=0.5, margin=0.0, strategy="disagreement")
+        (queued,) = learning_tick()["score"]  # the pool lacks the score the new strategy reads
+    assert pool_score_run(job_id=queued) == 2
+    job = Job.objects.get(pk=queued)
+    choice = job.result["presegmentation"]
+    assert choice["cases"] == 2 and 0.0 <= choice["model"] <= 1.0 and 0.0 <= choice["second"] <= 1.0
+    assert "validation cases: native net" in job.log
+    assert job.result["scored_now"] == 2  # the stored entropy-only scores could not serve this strategy
+    for case in Case.objects.filter(pk__in=[c.pk for c in pool]):
+        assert 0.0 <= case.score_inputs["scores"]["disagreement"] <= 1.0
+        assert case.score_reason.startswith("disagreement")
+        head = MaskVersion.objects.filter(case=case).order_by("-number").first()
+        assert head.model_version == (
+            native.second_opinion_label if choice["use"] == "second" else native.label
+        )
