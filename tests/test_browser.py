@@ -30,7 +30,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from PIL import Image
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from accounts.roles import Role
 from accounts.services import user_create
@@ -387,6 +387,12 @@ def test_annotate_review_and_export_in_the_browser(
     overlay = canvas_pixels(page)
     assert overlay["red"] > 20 and overlay["green"] == 0, f"the model's mask is not drawn: {overlay}"
     pages.shot(page, "model-mask")
+    page.keyboard.press("n")  # navigate: a click moves the crosshair, and the readout says what is there
+    page.mouse.click(*point(page, ijk, axial.tile))
+    i, j, k = ijk.tolist()
+    expect(page.locator("#location")).to_have_text(
+        re.compile(rf"^voxel {i}, {j}, {k} · value -?[\d.]+ · anterior$")
+    )
 
     # -- a brush stroke of the posterior class
     page.keyboard.press("2")

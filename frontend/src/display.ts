@@ -70,3 +70,23 @@ export const WINDOW_PRESETS: readonly WindowPreset[] = [
 export function defaultPreset(modality: string): WindowPreset {
   return modality.toUpperCase() === "CT" ? WINDOW_PRESETS[2] : WINDOW_PRESETS[0];
 }
+
+/**
+ * The cursor readout under the views: the native voxel (the `[i, j, k]` prompts and the server use), the
+ * image value there and the structure the mask has there. NiiVue's own string gives millimetres, a frame
+ * number and its label table's name, which says little to an annotator.
+ */
+export function locationText(
+  ijk: ArrayLike<number>,
+  value: number | undefined,
+  labelValue: number,
+  labels: readonly LabelClass[],
+): string {
+  let shown = "–";
+  if (value !== undefined && Number.isFinite(value)) {
+    shown = Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(4)));
+  }
+  const label = labels.find((l) => l.value === labelValue);
+  const where = labelValue === 0 ? "background" : label ? label.name : `label ${labelValue}`;
+  return `voxel ${ijk[0]}, ${ijk[1]}, ${ijk[2]} · value ${shown} · ${where}`;
+}

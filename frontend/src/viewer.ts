@@ -14,7 +14,7 @@
 import { NVImage, Niivue, MULTIPLANAR_TYPE, SHOW_RENDER, SLICE_TYPE, cmapper } from "@niivue/niivue";
 
 import type { ClickPrompt } from "./api";
-import { WINDOW_PRESETS, labelColormap, type LabelClass, type WindowPreset } from "./display";
+import { WINDOW_PRESETS, labelColormap, locationText, type LabelClass, type WindowPreset } from "./display";
 import { DrawHistory } from "./history";
 import { type ClassMask, replaceClass } from "./labelmap";
 import { drawSlicePrompts, mmToTile } from "./marks";
@@ -140,8 +140,13 @@ export class Viewer {
     this.softwareGL = isSoftwareRenderer(this.nv.gl);
     if (this.softwareGL) this.layout = "multi";
     this.nv.onLocationChange = (data: unknown) => {
-      const text = (data as { string?: string }).string;
-      if (text) this.events.onLocation?.(text);
+      const { vox, values } = data as { vox?: ArrayLike<number>; values?: { value?: number }[] };
+      if (!vox || !this.orientation) return;
+      const [x, y, z] = [0, 1, 2].map((a) => Math.round(vox[a]));
+      const [X, Y] = this.o.dimsRAS;
+      const bitmap = this.nv.drawBitmap;
+      const labelValue = bitmap ? bitmap[x + X * (y + Y * z)] ?? 0 : 0;
+      this.events.onLocation?.(locationText(rasToNative(this.o, vox), values?.[0]?.value, labelValue, this.labels));
     };
     this.nv.onDrawingChanged = (action: string) => {
       if (action !== "draw") return;
