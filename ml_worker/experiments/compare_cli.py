@@ -162,7 +162,9 @@ def peft_compare_command(args: argparse.Namespace) -> int:
 def _compare_row_shown(row: dict[str, Any]) -> None:
     from tqdm import tqdm
 
-    tqdm.write(json.dumps({k: row[k] for k in ("method", "shots", "dice_mean", "train_seconds")}))
+    # everything a table needs, as each row ends (the JSON file is written once all rows are done)
+    keys = ("method", "shots", "dice_mean", "box3d_mean", "box3d", "curve", "train_seconds")
+    tqdm.write(json.dumps({k: row[k] for k in keys if k in row}))
 
 
 def _compare_written(out: Path, report: dict[str, Any]) -> int:
