@@ -393,6 +393,7 @@ def test_annotate_review_and_export_in_the_browser(
     expect(page.locator("#location")).to_have_text(
         re.compile(rf"^voxel {i}, {j}, {k} · value -?[\d.]+ · anterior$")
     )
+    pages.shot(page, "readout")
 
     # -- a brush stroke of the posterior class
     page.keyboard.press("2")
