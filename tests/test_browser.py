@@ -583,6 +583,8 @@ def test_a_first_box_on_a_fresh_case_answers_and_effort_counts_real_actions(
     ready, total = map(int, READINESS.match(readiness).groups())
     assert 1 <= ready < total, readiness
     assert (native_mask(page, shape) == ANTERIOR).any(), "the first answer gave no anterior voxels"
+    # the project has no adapted model yet: the bundled LiteMedSAM answers, named as a person knows it
+    assert page.inner_text("#model-answer") == "answered by LiteMedSAM (bundled)"
     pages.shot(page, "preparing")
 
     # -- a positive click while slices are still missing (a follow-up may be running: it goes after it)

@@ -86,8 +86,18 @@ export function outlineCorners(box: BoxPrompt, normal: number): Vec3[] {
   return [at(a0, b0), at(a1, b0), at(a1, b1), at(a0, b1)];
 }
 
-/** Which model answered, as the tools show it: "answered by litemedsam v3" (no version: the name alone). */
+const MODEL_NAMES: Record<string, string> = { litemedsam: "LiteMedSAM", native3d: "the project's 3D model" };
+
+/** Which model answered, as the tools show it. The server names a model by family and weights hash
+ * ("native3d/3f2a…", for the effort records); a person knows it by name and version: "answered by the
+ * project's 3D model v3", "answered by LiteMedSAM v2", and the bundled LiteMedSAM (no version) "answered
+ * by LiteMedSAM (bundled)". */
 export function answeredBy(model: string | null | undefined, version?: number | string | null): string {
   if (!model) return "";
-  return version === null || version === undefined || version === "" ? `answered by ${model}` : `answered by ${model} v${version}`;
+  const family = model.split("/")[0];
+  const name = MODEL_NAMES[family] ?? model;
+  if (version === null || version === undefined || version === "") {
+    return family === "litemedsam" ? `answered by ${name} (bundled)` : `answered by ${name}`;
+  }
+  return `answered by ${name} v${version}`;
 }

@@ -63,9 +63,11 @@ test("a box outline runs around the outer edges of its corner voxels, on its sli
 });
 
 test("the answering model is named with its version when the answer carries one", () => {
-  assert.equal(answeredBy("native3d", 3), "answered by native3d v3");
-  assert.equal(answeredBy("litemedsam", null), "answered by litemedsam");
-  assert.equal(answeredBy("litemedsam"), "answered by litemedsam");
-  assert.equal(answeredBy("native3d", 0), "answered by native3d v0");
+  assert.equal(answeredBy("native3d/3f2a9c01d4e5b6a7", 3), "answered by the project's 3D model v3");
+  assert.equal(answeredBy("litemedsam/79d8c9dca6db4d69", null), "answered by LiteMedSAM (bundled)");
+  assert.equal(answeredBy("litemedsam/79d8c9dca6db4d69"), "answered by LiteMedSAM (bundled)");
+  assert.equal(answeredBy("litemedsam/0123456789abcdef", 2), "answered by LiteMedSAM v2");
+  assert.equal(answeredBy("native3d", 0), "answered by the project's 3D model v0");
+  assert.equal(answeredBy("someothernet/abc", 1), "answered by someothernet/abc v1");
   assert.equal(answeredBy(undefined, 2), "");
 });
