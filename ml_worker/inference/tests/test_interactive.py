@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ml_worker.inference.interactive import InteractiveSegmenter
+from ml_worker.inference.interactive import InteractiveSegmenter, embeddings_key
 from ml_worker.inference.prompts import Box3D, Click, PromptError, prompts_from_json
 from ml_worker.inference.slice_store import Focus, SliceStore, encoding_order
 from ml_worker.inference.tests.conftest import AXIS, CASE, EncodedCrop
@@ -121,6 +121,53 @@ def test_a_click_on_a_slice_not_encoded_yet_is_encoded_first(tmp_path, encoded_c
     store = segmenter.store(sha, shape)
     assert np.flatnonzero(store.done()).tolist() == sorted({box.lo[AXIS], (box.lo[AXIS] + box.hi[AXIS]) // 2})
     assert store.focus().slice == box.lo[AXIS] and answer.slices_encoded == len(np.flatnonzero(store.done()))
+
+
+def test_a_box_drawn_on_another_view_is_answered_on_its_slice(
+    tmp_path, encoded_crop: EncodedCrop, monkeypatch
+):
+    """A rectangle drawn on a slice of a view the segmenter does not slice along (a box one voxel thin
+    there) is answered on that slice with that view's embeddings: only that slice is encoded, the mask
+    lies on it and is what a segmenter slicing along that view answers; a click off the slice has the
+    slices up to it encoded at once (no embeddings task fills that view)."""
+    path = encoded_crop.folder / "images" / f"{CASE}.nii"
+    sha, shape = "5" * 64, encoded_crop.image.shape
+    view = 0 if AXIS != 0 else 2
+    truth = encoded_crop.labels == 1
+    s = int(np.argmax(truth.sum(axis=tuple(a for a in range(3) if a != view))))
+    on = np.argwhere(truth)
+    on = on[on[:, view] == s]
+    box = Box3D(1, tuple(int(v) for v in on.min(0)), tuple(int(v) for v in on.max(0)))
+    written: list[tuple[str, int]] = []
+    write = SliceStore.write
+    monkeypatch.setattr(
+        SliceStore, "write", lambda self, k, e: written.append((self.key, k)) or write(self, k, e)
+    )
+
+    segmenter = InteractiveSegmenter(embeddings_dir=tmp_path / "emb", axis=AXIS, device="cpu")
+    assert segmenter.axis_for(box) == view
+    answer = segmenter.segment(volume_path=path, volume_sha256=sha, shape=shape, label=1, box=box, clicks=())
+    key = embeddings_key(sha, view)
+    assert written == [(key, s)] and answer.slices_encoded == 1
+    assert np.flatnonzero(answer.mask.any(axis=tuple(a for a in range(3) if a != view))).tolist() == [s]
+    assert not answer.pending and answer.ready.ready == answer.ready.total == 1
+    along = InteractiveSegmenter(embeddings_dir=tmp_path / "along", axis=view, device="cpu")
+    same = along.segment(volume_path=path, volume_sha256=sha, shape=shape, label=1, box=box, clicks=())
+    np.testing.assert_array_equal(answer.mask, same.mask)
+
+    step = 2 if s + 2 < shape[view] else -2
+    beyond = next(tuple(int(v) for v in p) for p in np.argwhere(truth) if p[view] == s + step)
+    written.clear()
+    clicked = segmenter.segment(
+        volume_path=path, volume_sha256=sha, shape=shape, label=1, box=box, clicks=(Click(1, beyond, True),)
+    )
+    assert sorted(written) == sorted((key, s + d) for d in (step // 2, step))
+    assert clicked.mask[beyond] and not clicked.pending
+    # a box with depth along the segmenter's own axis, or thin along it, stays on its slices
+    assert segmenter.axis_for(Box3D(1, (0, 0, 0), (3, 3, 3))) == AXIS
+    flat = [3, 3, 3]
+    flat[AXIS] = 0
+    assert segmenter.axis_for(Box3D(1, (0, 0, 0), tuple(flat))) == AXIS
 
 
 def test_embed_computes_once(segmenter: InteractiveSegmenter, tmp_path):
