@@ -12,14 +12,20 @@ Every adaptation starts from the same base checkpoint, runs the same number of o
 same hyper-parameters and seed, and is scored by pre-segmentation Dice (no prompts) per class on the test
 part. A row records the method, shots, mean Dice per class, trainable parameters, adapter file bytes and
 training seconds; the base itself is the row with method ``"base"`` and 0 shots.
+
+Resumable: the report so far goes to ``on_report`` after the base and after every row (the command
+writes it to ``peft_compare.json``), and a run given that report as ``earlier`` takes its rows instead
+of training them again (and a base it trained, while the file is unchanged), so a long comparison
+stopped after some rows goes on from there, and another run may add methods or shots. An earlier report
+of other settings is refused.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +106,53 @@ def _adapted_row(
     )
 
 
+def _earlier_rows(earlier: Mapping[str, Any] | None, identity: dict[str, Any]) -> dict[tuple[str, int], dict]:
+    """The rows of an earlier report of the same comparison by (method, shots); none without one.
+
+    Raises:
+        ValueError: the earlier report was made with other settings.
+    """
+    if not earlier:
+        return {}
+    if earlier.get("identity") != identity:
+        raise ValueError(
+            "the earlier report in this folder was made with other settings (a different base, training, "
+            "split or test set): give another --out, or the same settings to go on with it"
+        )
+    return {(row["method"], int(row["shots"])): row for row in earlier.get("rows", [])}
+
+
+@dataclass
+class _Table:
+    """The report as it grows, handed out after every row (see the module docstring)."""
+
+    identity: dict[str, Any]
+    settings: dict[str, Any]
+    parts: dict[str, list[str]]
+    base: dict[str, Any]
+    expected: int  # rows of the whole comparison, the base's included
+    on_row: Callable[[dict[str, Any]], None] | None
+    on_report: Callable[[dict[str, Any]], None] | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.on_row:
+            self.on_row(row)
+        if self.on_report:
+            self.on_report(self.report())
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "complete": len(self.rows) == self.expected,
+            "settings": self.settings,
+            "parts": self.parts,
+            "base": self.base,
+            "rows": self.rows,
+        }
+
+
 def peft_compare(
     cases: Sequence[TrainCase],
     *,
@@ -109,6 +162,8 @@ def peft_compare(
     device: str | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     progress_factory: Callable[[str], Callable[[int, int, int, dict[str, float]], None] | None] | None = None,
+    earlier: Mapping[str, Any] | None = None,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the comparison; adapters and (without `base`) the trained base go under `out`.
 
@@ -120,12 +175,15 @@ def peft_compare(
         device: "cpu", "cuda", ... (default: CUDA when available).
         on_row: called with each result row as it is ready.
         progress_factory: given a run name ("base", "lora_conv/5"), returns a progress callback or None.
+        earlier: the report of an earlier run in `out` (see the module docstring).
+        on_report: called with the report so far after the base and after each row.
 
     Returns:
         The report: settings, the parts (case ids), the base, and the rows.
 
     Raises:
-        ValueError: unknown methods, more shots than the pool holds, a pool or source part that is empty.
+        ValueError: unknown methods, more shots than the pool holds, a pool or source part that is empty,
+            an earlier report of other settings.
     """
     out = Path(out)
     methods = [get_method("native3d", m) for m in config.methods]  # unknown names fail before any work
@@ -146,8 +204,24 @@ def peft_compare(
     if config.test_limit:
         test = test[: config.test_limit]
     progress = progress_factory or (lambda name: None)
-
-    if base is None:
+    identity = {
+        "model": "native3d",
+        "base": None if base is None else file_sha256(base),
+        "base_training": None if base is not None else config.base.to_dict(),
+        "network": None if base is not None or config.model is None else config.model.to_dict(),
+        "adapt": config.adapt.to_dict(),
+        "test_fraction": config.test_fraction,
+        "source_fraction": config.source_fraction if base is None else 0.0,
+        "test": [c.case_id for c in test],
+    }
+    done = _earlier_rows(earlier, identity)
+    base_info: dict[str, Any] = {"trained": False}
+    kept = out / "base.pt"
+    if base is None and done and kept.is_file() and file_sha256(kept) == earlier["base"].get("sha256"):
+        base = kept  # the base the earlier run trained
+        base_info = {k: earlier["base"][k] for k in ("trained", "seconds", "cases")}
+    elif base is None:
+        done = {}  # rows adapted from a base that is gone are not this run's
         if config.model is None:
             raise ValueError("a model configuration is needed to train a base")
         trainer = Trainer(
@@ -159,14 +233,8 @@ def peft_compare(
             progress=progress("base"),
         )
         fitted = trainer.fit([by_id[c] for c in parts["source"]])
-        base = save_native3d(trainer.network, config.model, out / "base.pt")
-        base_info: dict[str, Any] = {
-            "trained": True,
-            "seconds": fitted.seconds,
-            "cases": len(parts["source"]),
-        }
-    else:
-        base_info = {"trained": False}
+        base = save_native3d(trainer.network, config.model, kept)
+        base_info = {"trained": True, "seconds": fitted.seconds, "cases": len(parts["source"])}
     network, model_config = load_native3d(base)
     base_sha = file_sha256(base)
     base_info |= {
@@ -175,37 +243,9 @@ def peft_compare(
         "parameters": sum(p.numel() for p in network.parameters()),
     }
 
-    rows: list[dict[str, Any]] = []
-    scorer = Trainer(
-        network=network,
-        config=model_config,
-        method=get_method("native3d", "full"),
-        train=config.adapt,
-        device=device,
-    )
-    rows.append(
-        _row("base", 0, scorer.evaluate(test), trainable_params=0, adapter_bytes=0, train_seconds=0.0)
-    )
-    if on_row:
-        on_row(rows[-1])
-
-    for method in methods:
-        for shots in config.shots:
-            trainer = Trainer.from_base(
-                base,
-                method=get_method("native3d", method.name, **method.params),
-                train=config.adapt,
-                device=device,
-                progress=progress(f"{method.name}/{shots}"),
-            )
-            chosen = [by_id[c] for c in parts["pool"][:shots]]
-            path = out / "adapters" / f"{method.name}_{shots}.adapter"
-            rows.append(_adapted_row(trainer, method.name, shots, chosen, test, path))
-            if on_row:
-                on_row(rows[-1])
-
-    return {
-        "settings": {
+    table = _Table(
+        identity=identity,
+        settings={
             "methods": list(config.methods),
             "shots": list(config.shots),
             "adapt": config.adapt.to_dict(),
@@ -215,10 +255,42 @@ def peft_compare(
             "source_fraction": config.source_fraction if base_info["trained"] else 0.0,
             "test_cases": len(test),
         },
-        "parts": {"test": [c.case_id for c in test], "source": parts["source"], "pool": parts["pool"]},
-        "base": base_info,
-        "rows": rows,
-    }
+        parts={"test": [c.case_id for c in test], "source": parts["source"], "pool": parts["pool"]},
+        base=base_info,
+        expected=1 + len(methods) * len(config.shots),
+        on_row=on_row,
+        on_report=on_report,
+    )
+    if ("base", 0) in done:
+        table.add(done["base", 0])
+    else:
+        scorer = Trainer(
+            network=network,
+            config=model_config,
+            method=get_method("native3d", "full"),
+            train=config.adapt,
+            device=device,
+        )
+        table.add(
+            _row("base", 0, scorer.evaluate(test), trainable_params=0, adapter_bytes=0, train_seconds=0.0)
+        )
+
+    for method in methods:
+        for shots in config.shots:
+            path = out / "adapters" / f"{method.name}_{shots}.adapter"
+            if (method.name, shots) in done and path.is_file():
+                table.add(done[method.name, shots])
+                continue
+            trainer = Trainer.from_base(
+                base,
+                method=get_method("native3d", method.name, **method.params),
+                train=config.adapt,
+                device=device,
+                progress=progress(f"{method.name}/{shots}"),
+            )
+            chosen = [by_id[c] for c in parts["pool"][:shots]]
+            table.add(_adapted_row(trainer, method.name, shots, chosen, test, path))
+    return table.report()
 
 
 def sam_compare(
@@ -236,6 +308,8 @@ def sam_compare(
     progress_factory: Callable[[str], Callable[[int, int, float], None] | None] | None = None,
     embeddings: EmbeddingCache | None = None,
     encoder: str = "auto",
+    earlier: Mapping[str, Any] | None = None,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """The same comparison for LiteMedSAM (:mod:`ml_worker.adaptation.train_sam`): every method x shots
     adapts the base LiteMedSAM weights (the bundled ones, or `base`) on the first `shots` pool cases and
@@ -248,8 +322,10 @@ def sam_compare(
     once per volume by the `encoder` runtime; give it a folder to keep them across runs, e.g. the one
     ``interactive-eval --cache-dir`` fills); the others encode with their adapted encoder every step.
 
+    `earlier` and `on_report`: as for :func:`peft_compare`.
+
     Raises:
-        ValueError: unknown methods, more shots than the pool holds.
+        ValueError: unknown methods, more shots than the pool holds, an earlier report of other settings.
     """
 
     out = Path(out)
@@ -288,32 +364,18 @@ def sam_compare(
         row["curve"] = [round(float(v), 4) for v in np.mean(list(curves.values()), axis=0)]
         return row
 
-    scorer = trainer("decoder", "base")
-    rows = [
-        in_3d(
-            _row(
-                "base",
-                0,
-                scorer.evaluate(test),
-                trainable_params=0,
-                adapter_bytes=0,
-                train_seconds=0.0,
-            ),
-            scorer,
-        )
-    ]
-    if on_row:
-        on_row(rows[-1])
-    for method in methods:
-        for k in shots:
-            chosen = [by_id[c] for c in parts["pool"][:k]]
-            path = out / "adapters" / f"litemedsam_{method}_{k}.adapter"
-            adapted = trainer(method, f"{method}/{k}")
-            rows.append(in_3d(_adapted_row(adapted, method, k, chosen, test, path), adapted))
-            if on_row:
-                on_row(rows[-1])
-    return {
-        "settings": {
+    identity = {
+        "model": "litemedsam",
+        "base": base_sha,
+        "adapt": train.to_dict(),
+        "test_fraction": test_fraction,
+        "test": [c.case_id for c in test],
+        "encoder": runtime.name,
+    }
+    done = _earlier_rows(earlier, identity)
+    table = _Table(
+        identity=identity,
+        settings={
             "model": "litemedsam",
             "methods": list(methods),
             "shots": list(shots),
@@ -324,7 +386,27 @@ def sam_compare(
             "propagation; curve: box3d then 5 corrective clicks (mean over classes and cases)",
             "encoder": runtime.name,
         },
-        "parts": {"test": [c.case_id for c in test], "pool": parts["pool"]},
-        "base": {"path": str(base) if base is not None else "bundled LiteMedSAM", "sha256": base_sha},
-        "rows": rows,
-    }
+        parts={"test": [c.case_id for c in test], "pool": parts["pool"]},
+        base={"path": str(base) if base is not None else "bundled LiteMedSAM", "sha256": base_sha},
+        expected=1 + len(methods) * len(shots),
+        on_row=on_row,
+        on_report=on_report,
+    )
+    if ("base", 0) in done:
+        table.add(done["base", 0])
+    else:
+        scorer = trainer("decoder", "base")
+        base_row = _row(
+            "base", 0, scorer.evaluate(test), trainable_params=0, adapter_bytes=0, train_seconds=0.0
+        )
+        table.add(in_3d(base_row, scorer))
+    for method in methods:
+        for k in shots:
+            path = out / "adapters" / f"litemedsam_{method}_{k}.adapter"
+            if (method, k) in done and path.is_file():
+                table.add(done[method, k])
+                continue
+            chosen = [by_id[c] for c in parts["pool"][:k]]
+            adapted = trainer(method, f"{method}/{k}")
+            table.add(in_3d(_adapted_row(adapted, method, k, chosen, test, path), adapted))
+    return table.report()

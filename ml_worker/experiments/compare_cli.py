@@ -11,6 +11,7 @@ from typing import Any
 
 from ml_worker.cli import arg, command, step_bar
 
+REPORT_NAME = "peft_compare.json"  # the report so far, rewritten after every row: a rerun goes on from it
 SAM_OR_NATIVE = {
     "native3d": "full,lora_conv,norm,decoder,linear_probe",
     "litemedsam": "decoder,encoder_lora,decoder_lora,bitfit,layernorm",
@@ -40,7 +41,13 @@ SAM_OR_NATIVE = {
             + "; ".join(f"{m}: {v}" for m, v in SAM_OR_NATIVE.items())
             + ")",
         ),
-        arg("--out", type=Path, required=True, help="folder for peft_compare.json, adapters and the base"),
+        arg(
+            "--out",
+            type=Path,
+            required=True,
+            help="folder for peft_compare.json (rewritten after every row; a rerun with the same settings "
+            "goes on from it, and may add methods or shots), adapters and the base",
+        ),
         arg(
             "--base",
             type=Path,
@@ -144,6 +151,7 @@ def peft_compare_command(args: argparse.Namespace) -> int:
         return 2
 
     try:
+        earlier, keep = _resumed(args.out)
         report = peft_compare(
             train_cases,
             config=config,
@@ -152,6 +160,8 @@ def peft_compare_command(args: argparse.Namespace) -> int:
             device=args.device,
             on_row=_compare_row_shown,
             progress_factory=step_bar,
+            earlier=earlier,
+            on_report=keep,
         )
     except (ValueError, AdapterError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -162,14 +172,27 @@ def peft_compare_command(args: argparse.Namespace) -> int:
 def _compare_row_shown(row: dict[str, Any]) -> None:
     from tqdm import tqdm
 
-    # everything a table needs, as each row ends (the JSON file is written once all rows are done)
+    # everything a table needs, as each row ends
     keys = ("method", "shots", "dice_mean", "box3d_mean", "box3d", "curve", "train_seconds")
     tqdm.write(json.dumps({k: row[k] for k in keys if k in row}))
 
 
+def _resumed(out: Path) -> tuple[dict[str, Any] | None, Any]:
+    """(the report an earlier run left in `out`, or None; the callback that keeps it up to date)."""
+    from ml_worker.experiments.effort import write_json_atomic
+
+    path = out / REPORT_NAME
+    try:
+        earlier = json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not a peft-compare report ({exc}): give another --out") from None
+    return earlier, lambda report: write_json_atomic(path, report)
+
+
 def _compare_written(out: Path, report: dict[str, Any]) -> int:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "peft_compare.json").write_text(json.dumps(report, indent=1) + "\n")
+    from ml_worker.experiments.effort import write_json_atomic
+
+    write_json_atomic(out / REPORT_NAME, report)
     print(json.dumps(report["rows"], indent=1))
     return 0
 
@@ -199,6 +222,7 @@ def _sam_compare(args: argparse.Namespace, *, shots: tuple[int, ...], methods: t
         train_cases = [
             TrainCase(image=c.image, label=c.label, labelled=values, case_id=c.name) for c in cases
         ]
+        earlier, keep = _resumed(args.out)
         report = sam_compare(
             train_cases,
             methods=methods,
@@ -212,6 +236,8 @@ def _sam_compare(args: argparse.Namespace, *, shots: tuple[int, ...], methods: t
             on_row=_compare_row_shown,
             embeddings=EmbeddingCache(max_bytes=4 << 30, directory=args.cache_dir),
             encoder=args.encoder,
+            earlier=earlier,
+            on_report=keep,
         )
     except (ValueError, FileNotFoundError, AdapterError, CheckpointError, EncoderUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)

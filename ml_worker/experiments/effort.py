@@ -336,7 +336,8 @@ def random_order(pool: Sequence[Case], seed: int) -> list[str]:
     return [names[i] for i in rng.permutation(len(names))]
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
+    """`data` as JSON at `path`, never half written: a run stopped at any moment leaves the old or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
@@ -620,7 +621,7 @@ def run_setting(
             "pending_round": False,
             "ranked": False,
         }
-        _write_json_atomic(path, state)
+        write_json_atomic(path, state)
     loop = setting.startswith("loop")
     run_dir = out / "runs" / f"{setting}-seed{seed}"
     models = _Models(config, out, device)
@@ -641,12 +642,12 @@ def run_setting(
             if summary["promoted"]:
                 state["active"] = summary["weights"]
             state["pending_round"], state["ranked"] = False, False
-            _write_json_atomic(path, state)
+            write_json_atomic(path, state)
         if setting == "loop-best" and not state["ranked"]:
             done = state["done"]
             state["order"] = done + _rank(state, pool, done, config, device)
             state["ranked"] = True
-            _write_json_atomic(path, state)
+            write_json_atomic(path, state)
         remaining = [n for n in state["order"] if n not in set(state["done"])]
         if not remaining or (stop_after is not None and processed >= stop_after):
             break
@@ -676,7 +677,7 @@ def run_setting(
                 state["pending_round"], state["since_round"] = True, 0
         state["done"].append(case.name)
         state["records"].append(record)
-        _write_json_atomic(path, state)
+        write_json_atomic(path, state)
         processed += 1
         if on_case is not None:
             on_case(record, len(state["done"]), len(pool))
@@ -764,7 +765,7 @@ def write_results(out: Path, *, config: EffortConfig, extra: dict[str, Any] | No
             {k: s[k] for k in ("setting", "seed", "order", "done", "records", "rounds")} for s in states
         ],
     }
-    _write_json_atomic(out / RESULTS_NAME, results)
+    write_json_atomic(out / RESULTS_NAME, results)
     if summary["settings"]:
         _plot(summary["settings"], out / CURVE_NAME)
     return results

@@ -108,3 +108,53 @@ def test_litemedsam_cli_run_adapts_the_bundled_model_and_scores_box_prompts(tmp_
 
     argv[argv.index("decoder,layernorm")] = "lora_conv"  # a native3d method
     assert main(argv) == 2
+
+
+def test_a_stopped_comparison_goes_on_from_its_report_and_refuses_other_settings(
+    tmp_path, monkeypatch, capsys
+):
+    import ml_worker.experiments.compare as compare
+
+    data = tmp_path / "data"
+    for i in range(8):
+        make_case(data, f"case{i}", seed=i)
+    out = tmp_path / "out"
+    argv = ["peft-compare", "--images", str(data / "images"), "--labels", str(data / "labels")]
+    argv += ["--shots", "1,2", "--methods", "norm", "--out", str(out)]
+    argv += ["--quick", "--roi", "16,16,16", "--test-limit", "1"]
+    adapted = compare._adapted_row
+    calls: list[tuple[str, int]] = []
+
+    def stopped_at_the_second(trainer, method, shots, *rest):
+        calls.append((method, shots))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the machine went away in the middle of a row
+        return adapted(trainer, method, shots, *rest)
+
+    monkeypatch.setattr(compare, "_adapted_row", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    partial = json.loads((out / "peft_compare.json").read_text())
+    assert not partial["complete"]
+    assert [(r["method"], r["shots"]) for r in partial["rows"]] == [("base", 0), ("norm", 1)]
+    base_sha = file_sha256(out / "base.pt")
+
+    # the rerun, with one more method: the base and the finished row are taken, the rest is run
+    calls.clear()
+    monkeypatch.setattr(compare, "_adapted_row", lambda *a: calls.append(a[1:3]) or adapted(*a))
+    argv[argv.index("norm")] = "norm,linear_probe"
+    assert main(argv) == 0
+    report = json.loads((out / "peft_compare.json").read_text())
+    assert report["complete"] and calls == [("norm", 2), ("linear_probe", 1), ("linear_probe", 2)]
+    assert report["rows"][:2] == partial["rows"] and file_sha256(out / "base.pt") == base_sha
+    assert [(r["method"], r["shots"]) for r in report["rows"]][2:] == [
+        ("norm", 2),
+        ("linear_probe", 1),
+        ("linear_probe", 2),
+    ]
+
+    # other settings in the same folder: refused, the report left as it was
+    argv += ["--lr", "0.5"]
+    assert main(argv) == 2
+    assert "made with other settings" in capsys.readouterr().err
+    assert json.loads((out / "peft_compare.json").read_text()) == report
