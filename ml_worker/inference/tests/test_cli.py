@@ -29,6 +29,9 @@ def test_interactive_eval_help_names_its_options():
 
 
 def test_a_command_is_one_function_and_one_registration(monkeypatch, capsys):
+    # every module registers its commands first: those it imported while the registry was this test's
+    # copy would be gone from the real one afterwards, for every later test in the process
+    cli.build_parser()
     monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
 
     @cli.command("echo-n", help="prints n", arguments=[cli.arg("--n", type=int, default=3)])
