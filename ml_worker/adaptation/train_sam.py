@@ -90,8 +90,8 @@ class SamTrainConfig:
     jitter: each side of a training box moves by up to this many pixels (outwards or inwards).
     propagate: the share of steps whose slices are prompted as 3D propagation prompts every slice but
         the first (:class:`~ml_worker.inference.sam3d.LiteMedSAM3D`): a neighbouring slice's mask box
-        grown by 2 pixels, and the model's own logits on that neighbour as a dense prompt. Trained on
-        boxes alone, the decoder drifts on the prompts it is given in 3D.
+        grown by the propagation's margin, and the model's own logits on that neighbour as a dense
+        prompt. Trained on boxes alone, the decoder drifts on the prompts it is given in 3D.
     seed: seeds sampling, jitter and added parameters.
     checkpoint_every: with a ``checkpoint_dir``, the run's state is saved every this many steps.
     """
@@ -292,7 +292,8 @@ class SamTrainer:
     ) -> tuple[Tensor, Tensor]:
         """Model-frame boxes and dense prompts of the picked slices as propagation gives them: from a
         neighbouring slice holding the structure (the slice itself where none does), its truth's box
-        grown by 2 pixels and the current model's logits there from its own box (no gradient)."""
+        grown by the propagation's margin (``PropagationConfig.box_margin``) and the current model's
+        logits there from its own box (no gradient)."""
         axis = self.config.axis
         sources = []
         for i, k, value in picks:
@@ -311,7 +312,8 @@ class SamTrainer:
             mask = volume_slice(cases[i].label, axis, n) == value
             h, w = mask.shape
             x0, y0, x1, y1 = (int(v) for v in mask_box(mask))
-            grown = np.array([max(x0 - 2, 0), max(y0 - 2, 0), min(x1 + 2, w - 1), min(y1 + 2, h - 1)])
+            m = PropagationConfig().box_margin
+            grown = np.array([max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, w - 1), min(y1 + m, h - 1)])
             boxes.append(slice_transform(cases[i].label.shape, axis).boxes_to_model(grown)[None])
         return torch.cat(boxes).to(self.device), dense
 

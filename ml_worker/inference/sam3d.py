@@ -68,6 +68,10 @@ class PropagationConfig:
     """How prompts travel from slice to slice.
 
     box_margin: pixels added on every side of a neighbour's mask bounding box to prompt a slice.
+        LiteMedSAM fills most of a box it is given, so a wider margin lets the mask grow a little
+        with every slice, past where the structure tapers off: on 38 held-out hippocampus cases,
+        Dice after a 3D box was 0.612 / 0.465 with 1 pixel, 0.585 / 0.414 with 2 and lower with
+        3, and 1 stayed ahead after each of 5 corrective clicks.
     mask_prompt: also give the neighbour's logits as a dense mask prompt while propagating.
     refine_with_logits: give a clicked slice its own previous logits as a dense prompt (SAM's
         iterative refinement).
@@ -87,7 +91,7 @@ class PropagationConfig:
         on CPU) and, with SAM's small changes on every re-decode, rarely stops on its own.
     """
 
-    box_margin: int = 2
+    box_margin: int = 1
     mask_prompt: bool = True
     refine_with_logits: bool = True
     click_box_margin: int = 2
