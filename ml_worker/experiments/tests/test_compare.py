@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,14 +29,20 @@ def test_partition_is_fixed_disjoint_and_complete():
         partition(ids, test_fraction=0.7, source_fraction=0.4)
 
 
-def test_quick_cli_run_writes_the_table(tmp_path):
+def _quick_native_run(tmp_path, methods: str) -> tuple[list[str], Path]:
+    """(the argv of a smallest native comparison on 8 synthetic cases, its --out folder)."""
     data = tmp_path / "data"
     for i in range(8):
         make_case(data, f"case{i}", seed=i)
     out = tmp_path / "out"
     argv = ["peft-compare", "--images", str(data / "images"), "--labels", str(data / "labels")]
-    argv += ["--shots", "1,2", "--methods", "norm,linear_probe", "--out", str(out)]
+    argv += ["--shots", "1,2", "--methods", methods, "--out", str(out)]
     argv += ["--quick", "--roi", "16,16,16", "--test-limit", "1"]
+    return argv, out
+
+
+def test_quick_cli_run_writes_the_table(tmp_path):
+    argv, out = _quick_native_run(tmp_path, "norm,linear_probe")
     assert main(argv) == 0
 
     report = json.loads((out / "peft_compare.json").read_text())
@@ -115,13 +122,7 @@ def test_a_stopped_comparison_goes_on_from_its_report_and_refuses_other_settings
 ):
     import ml_worker.experiments.compare as compare
 
-    data = tmp_path / "data"
-    for i in range(8):
-        make_case(data, f"case{i}", seed=i)
-    out = tmp_path / "out"
-    argv = ["peft-compare", "--images", str(data / "images"), "--labels", str(data / "labels")]
-    argv += ["--shots", "1,2", "--methods", "norm", "--out", str(out)]
-    argv += ["--quick", "--roi", "16,16,16", "--test-limit", "1"]
+    argv, out = _quick_native_run(tmp_path, "norm")
     adapted = compare._adapted_row
     calls: list[tuple[str, int]] = []
 
