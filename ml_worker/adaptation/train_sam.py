@@ -63,7 +63,7 @@ from ml_worker.inference.embeddings import (
 )
 from ml_worker.inference.eval import EvalConfig, _rng, dice, evaluate_structure
 from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig, mask_box
-from ml_worker.io.volume import load_volume
+from ml_worker.io.volume import load_volume, voxel_spacing
 from ml_worker.models.checkpoints import autocast, file_sha256, save_atomic, select_device
 from ml_worker.models.encoders import SliceEncoder
 from ml_worker.models.litemedsam import (
@@ -131,6 +131,7 @@ class _Case:
     label: np.ndarray  # integer label values
     labelled: tuple[int, ...]
     embeddings: np.ndarray | None = None  # (K, 256, 64, 64) float16 along the axis; None: encoder trains
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # voxel size in mm
 
 
 def embeddings_key(volume_sha256: str, weights_sha256: str, axis: int) -> str:
@@ -205,7 +206,7 @@ class SamTrainer:
     def _load(self, cases: Sequence[TrainCase]) -> list[_Case]:
         loaded = []
         for case in cases:
-            image, _ = load_volume(case.image)
+            image, affine = load_volume(case.image)
             label, _ = load_volume(case.label)
             if image.shape != label.shape:
                 raise ValueError(f"{case.case_id}: image {image.shape} and label {label.shape} differ")
@@ -217,6 +218,7 @@ class SamTrainer:
                     np.rint(label).astype(np.int32),
                     case.labelled,
                     embeddings,
+                    voxel_spacing(affine),
                 )
             )
         return loaded
@@ -493,7 +495,12 @@ class SamTrainer:
                 if not truth.any():
                     continue
                 session = LiteMedSAM3D(
-                    self.model, embeddings, label=value, config=config.propagation, device=self.device
+                    self.model,
+                    embeddings,
+                    label=value,
+                    config=config.propagation,
+                    device=self.device,
+                    spacing=case.spacing,
                 )
                 result = evaluate_structure(
                     session, truth, label=value, rng=_rng(seed, case.case_id, value), config=config

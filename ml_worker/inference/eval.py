@@ -35,6 +35,7 @@ from ml_worker.inference.embeddings import EmbeddingCache, VolumeEmbeddings, cac
 from ml_worker.inference.prompts import Box3D, Click
 from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig
 from ml_worker.inference.simulate import jittered_box, next_click
+from ml_worker.io.volume import voxel_spacing
 from ml_worker.models.checkpoints import file_sha256
 from ml_worker.models.encoders import SliceEncoder
 
@@ -250,9 +251,12 @@ def litemedsam_sessions(
             encode_s = time.perf_counter() - began
             stored = cache.put(key, array)
         embeddings = VolumeEmbeddings(stored, tuple(image.shape), config.axis)
+        spacing = voxel_spacing(affine)
 
         def session(label: int) -> LiteMedSAM3D:
-            return LiteMedSAM3D(model, embeddings, label=label, config=config.propagation, device=device)
+            return LiteMedSAM3D(
+                model, embeddings, label=label, config=config.propagation, device=device, spacing=spacing
+            )
 
         return session, encode_s
 

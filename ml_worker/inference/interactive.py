@@ -202,12 +202,14 @@ class InteractiveSegmenter:
         clicks: tuple[Click, ...],
         weights: Path | None = None,
         weights_sha256: str | None = None,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> Answer:
         """The mask of structure `label` after `box` and `clicks` (all the clicks given so far), over
         the slices encoded so far. The slices the box (its middle) and the clicks are on are encoded
         first when they are not yet; the slab's other slices are left to :meth:`embed`. A rectangle
         drawn on a slice of another view is answered on that slice (see :meth:`axis_for`). `weights`: an
         adapted version's weights file (with its sha256) answers instead of the bundled model.
+        `spacing`: the volume's voxel size in mm (how far a click's change may reach is in mm).
 
         Raises:
             PromptError: a prompt for another label, or outside the volume.
@@ -252,7 +254,9 @@ class InteractiveSegmenter:
                 mask = session.resume()
             else:
                 embeddings = VolumeEmbeddings(stored, shape, axis, store=store)
-                session = LiteMedSAM3D(model, embeddings, label=label, config=self.propagation)
+                session = LiteMedSAM3D(
+                    model, embeddings, label=label, config=self.propagation, spacing=spacing
+                )
                 mask, new_clicks, incremental, decoded = session.start(box), clicks, False, 0
             for click in new_clicks:
                 mask = session.click(click)

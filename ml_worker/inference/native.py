@@ -37,7 +37,7 @@ from ml_worker.inference.corrections import honour_clicks
 from ml_worker.inference.guidance import RenderGuidance, RenderGuidanced
 from ml_worker.inference.prompts import Box3D, Click, PromptError, Prompts
 from ml_worker.inference.sam3d import Interaction
-from ml_worker.io.volume import Volume
+from ml_worker.io.volume import Volume, voxel_spacing
 from ml_worker.models.checkpoints import autocast, select_device
 from ml_worker.models.native3d import DIVISOR, Native3DConfig, load_native3d
 from ml_worker.transforms import preprocessing, to_source_grid
@@ -321,7 +321,7 @@ class Native3DSession:
         self.initial = None if mask is None else np.asarray(mask, dtype=bool)
         self.mask = self.initial
         self.raw: np.ndarray | None = None  # the network's answer to the last prompt, before the guarantee
-        self.spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+        self.spacing = np.asarray(voxel_spacing(affine))
 
     def start(self, box: Box3D) -> np.ndarray:
         """Segment from a 3D box (editing the initial mask, if any); forgets earlier clicks. Returns the

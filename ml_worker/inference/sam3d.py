@@ -13,7 +13,11 @@ encoder: it decodes prompts against `VolumeEmbeddings` computed ahead (see `embe
   previous logits; a click the decoder still leaves on the wrong side is honoured by the level set of
   the slice's probabilities through it (see `_honour`); then its neighbours are re-prompted
   from it, outwards, for as long as a slice's mask changes by more than `change_tolerance`. Only
-  those slices are decoded; slices both directions away are decoded together in one batch.
+  those slices are decoded; slices both directions away are decoded together in one batch. What the
+  click changed then obeys the platform's click rules (`corrections.honour_clicks`, as the native
+  net's answers do): a positive click only adds, a negative one only takes away, and only regions
+  that reach near the click stay. Re-decoding a slice with a grown box moves its whole boundary,
+  and without the rules that lowered Dice on 44 % of clicks.
 - `start_from_mask(mask)`: a previous mask (pre-segmentation, a saved version) becomes the state;
   clicks then refine it as above.
 - Embeddings still arriving (encode on demand, `VolumeEmbeddings.store`): propagation stops before a
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ml_worker.inference.corrections import honour_clicks
 from ml_worker.inference.embeddings import VolumeEmbeddings, in_plane_axes, set_volume_slice
 from ml_worker.inference.prompts import Box2D, Box3D, Click, PromptError, Prompts
 from ml_worker.inference.simulate import label_components
@@ -162,6 +167,7 @@ class LiteMedSAM3D:
             label are refused).
         config: propagation settings.
         device: where to decode; default the model's device.
+        spacing: the volume's voxel size in mm (how far a click's change may reach is in mm).
     """
 
     def __init__(
@@ -172,8 +178,10 @@ class LiteMedSAM3D:
         label: int = 1,
         config: PropagationConfig | None = None,
         device: torch.device | str | None = None,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> None:
         self.model = model
+        self.spacing = tuple(float(v) for v in spacing)
         self.embeddings = embeddings
         self.label = label
         self.config = config or PropagationConfig()
@@ -186,6 +194,7 @@ class LiteMedSAM3D:
         self._limit: Box = np.array([0, 0, self._cols - 1, self._rows - 1])
         self._k_range = (0, embeddings.n_slices - 1)
         self._mask = np.zeros(self.shape, dtype=bool)
+        self._clicks: list[Click] = []
         self._started = False
         self._waiting: list[_Front] = []
         self.history: list[Interaction] = []
@@ -278,6 +287,8 @@ class LiteMedSAM3D:
         a, b = in_plane_axes(self.axis)
         k, x, y = ijk[self.axis], ijk[a], ijk[b]
         self._require(k)
+        self._clicks.append(click)
+        previous = self._mask.copy()
         state = self._slices[k]
         state.points.append((x, y, 1 if click.positive else 0))
         lo, hi = self._k_range
@@ -304,6 +315,7 @@ class LiteMedSAM3D:
         self._decode([job])
         if self._changed(old, self._slices[k].mask):
             self._propagate([k], all_the_way=False, reach=self.config.click_reach)
+        self._keep_to_clicks(previous)
         self._record("click", began, calls, decoded)
         return self.mask
 
@@ -339,6 +351,7 @@ class LiteMedSAM3D:
         self._limit = np.array([0, 0, self._cols - 1, self._rows - 1])
         self._k_range = (0, self.embeddings.n_slices - 1)
         self._mask[:] = False
+        self._clicks = []
         self._waiting = []
 
     def _record(self, kind: str, began: float, calls: int, decoded: int) -> None:
@@ -528,6 +541,15 @@ class LiteMedSAM3D:
         components, _ = label_components(region)
         part = components == components[y, x]
         return mask | part if positive else mask & ~part
+
+    def _keep_to_clicks(self, previous: np.ndarray) -> None:
+        """Undo what the newest click changed against the click rules; the slices' masks follow."""
+        kept = honour_clicks(self._mask, clicks=self._clicks, previous=previous, spacing=self.spacing)
+        undone = (kept != self._mask).any(axis=tuple(i for i in range(3) if i != self.axis))
+        for k in np.flatnonzero(undone):
+            image = np.take(kept, k, axis=self.axis).T
+            self._slices[k].mask = image.copy() if image.any() else None
+            self._write(k)
 
     def _write(self, k: int) -> None:
         mask = self._slices[k].mask

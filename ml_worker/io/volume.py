@@ -101,6 +101,11 @@ def save_volume(array: np.ndarray, affine: np.ndarray, directory: Path) -> tuple
     return path, digest
 
 
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along i, j, k of a volume with this affine."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0))
+
+
 def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI file written by :func:`save_volume` (or any NIfTI); return (array, affine)."""
     image = nib.load(str(path))

@@ -767,6 +767,7 @@ def interactive_segment(*, volume_id: int, request: dict, route: dict | None = N
     that answers instead of the bundled LiteMedSAM: its native net, or a LiteMedSAM version (over the
     same embeddings); None: the bundled LiteMedSAM."""
     from ml_worker.inference.interactive import MODEL_ID
+    from ml_worker.io.volume import voxel_spacing
     from ml_worker.models.checkpoints import CheckpointError
 
     volume = Volume.objects.get(pk=volume_id)
@@ -783,6 +784,7 @@ def interactive_segment(*, volume_id: int, request: dict, route: dict | None = N
             clicks=clicks,
             weights=None if route is None else media_path(route["weights"]),
             weights_sha256=None if route is None else route["sha256"],
+            spacing=voxel_spacing(volume.affine),
         )
     except PromptError as exc:
         return {"error": str(exc)}

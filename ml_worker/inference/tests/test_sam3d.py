@@ -8,7 +8,7 @@ from ml_worker.inference.embeddings import VolumeEmbeddings
 from ml_worker.inference.eval import dice
 from ml_worker.inference.prompts import Box2D, Box3D, Click, PromptError, Prompts
 from ml_worker.inference.sam3d import LiteMedSAM3D, PropagationConfig, SliceNotReady, mask_box
-from ml_worker.inference.simulate import next_click
+from ml_worker.inference.simulate import label_components, next_click
 
 # Measured on the conftest crop (hippocampus_001, anterior, slices along j) with the default
 # PropagationConfig, CPU, torch 2.13: see test_box_then_clicks_on_a_real_case. The floors sit a
@@ -191,3 +191,29 @@ def test_a_click_the_decoder_ignores_is_honoured_on_its_slice(session, positive)
     changed = honoured ^ mask
     assert 0 < changed.sum() < mask.sum() / 2 and not changed[8, 6]  # local: the core stays
     assert (session._honour(honoured, logits, x, y, positive) == honoured).all()  # once is enough
+
+
+def test_a_click_moves_the_mask_only_its_own_way_and_near_itself(litemedsam, encoded_crop):
+    """The platform's click rules (`corrections.honour_clicks`) hold for LiteMedSAM's answers too."""
+    truth = encoded_crop.labels == 1
+    nonzero = np.nonzero(truth)
+    box = Box3D(1, tuple(int(c.min()) for c in nonzero), tuple(int(c.max()) for c in nonzero))
+    session = LiteMedSAM3D(litemedsam, encoded_crop.embeddings, label=1, spacing=(1.0, 1.0, 1.0))
+    mask = session.start(box)
+    for _ in range(4):
+        click = next_click(mask, truth, label=1)
+        new = session.click(click)
+        added, removed = new & ~mask, mask & ~new
+        assert not (removed if click.positive else added).any()  # only its own way
+        regions, n = label_components(added | removed)
+        for region in range(1, n + 1):  # every changed region reaches within 6 mm of the click
+            where = np.argwhere(regions == region)
+            assert np.linalg.norm(where - np.asarray(click.ijk), axis=1).min() <= 6.0
+        assert bool(new[click.ijk]) == click.positive
+        mask = new
+        np.testing.assert_array_equal(session.mask, mask)
+    # the slices' own masks follow what the rules kept: a later click starts from the mask shown
+    for k in range(session.shape[session.axis]):
+        state = session._slices[k].mask
+        shown = np.take(mask, k, axis=session.axis).T
+        np.testing.assert_array_equal(shown, state if state is not None else np.zeros_like(shown))
